@@ -1,0 +1,1 @@
+"""Shared pytest fixtures: checkpoints (owned by the checkpoints work; other tests reuse them)."""

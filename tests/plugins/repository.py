@@ -1,0 +1,1 @@
+"""Shared pytest fixtures: repository (owned by the repository work; other tests reuse them)."""
