@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +25,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from training.atomic import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from training.models import AutoEncoder
 
 FORMAT = "aegen-checkpoint/1"
 CONFIG_FILE = "config.json"
@@ -75,6 +78,7 @@ class CheckpointConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     val_fraction: float = 0.1
+    limit: int | None = None  # at most this many training images were used (quick runs); None: all
     metrics: dict[str, float] = field(default_factory=dict)  # final validation metrics
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     format: str = FORMAT
@@ -83,7 +87,7 @@ class CheckpointConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = CONFIG_FILE) -> "CheckpointConfig":
+    def from_dict(cls, raw: Any, source: str = CONFIG_FILE) -> CheckpointConfig:
         if not isinstance(raw, dict):
             raise CheckpointError(f"{source}: expected a JSON object")
         if raw.get("format") != FORMAT:
@@ -165,6 +169,41 @@ def load_optimizer_state(directory: str | Path) -> dict[str, torch.Tensor] | Non
     return _load_tensors(path) if path.exists() else None
 
 
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten an optimiser's per-parameter state to `state.<param index>.<name>` tensors.
+
+    The hyper-parameters (param_groups) are not stored: they come from the run's options, so a
+    resumed run can change the learning rate. Non-tensor state (a plain int step) becomes a 0-d tensor.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"state.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                           source: str = OPTIMIZER_FILE) -> None:
+    """Load what `optimizer_to_tensors` wrote into `optimizer`, checking it fits its parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        parts = key.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(params):
+            raise CheckpointError(f"{source}: unexpected tensor {key!r} for an optimiser of {len(params)} parameters")
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for index, entry in state.items():
+        for name, value in entry.items():
+            if value.dim() > 0 and value.shape != params[index].shape:
+                raise CheckpointError(f"{source}: state.{index}.{name} has shape {tuple(value.shape)}, "
+                                      f"expected {tuple(params[index].shape)}")
+    current = optimizer.state_dict()
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: does not fit the optimiser ({exc})") from None
+
+
 def weights_sha256(directory: str | Path) -> str:
     """SHA-256 of model.safetensors: the manifest records it to tie an export to its checkpoint."""
     h = hashlib.sha256()
@@ -172,3 +211,21 @@ def weights_sha256(directory: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_model(directory: str | Path) -> tuple[AutoEncoder, CheckpointConfig]:
+    """Rebuild the trained network from a checkpoint directory: on the CPU, in eval mode.
+
+    Weights whose names or shapes disagree with config.json are a CheckpointError, not a half-loaded model.
+    """
+    from training.models import build_model  # models imports this module for ModelConfig
+
+    state, config = load_checkpoint(directory)
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(f"{Path(directory) / WEIGHTS_FILE}: does not match config.json ({detail})") from None
+    return model.eval(), config

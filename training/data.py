@@ -6,6 +6,9 @@ Images are kept as uint8 (N, 28, 28) until the last moment; `to_unit_float` give
 
 from __future__ import annotations
 
+import gzip
+import math
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,6 +18,10 @@ import numpy as np
 EMBEDDED_DIGITS = "mnist_digits.npz"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATASETS = ("digits", "mnist", "fashion-mnist")
+PARTS = {"train": "train", "test": "t10k"}  # part → IDX file prefix
+IMAGE_SIDE = 28
+IDX_UBYTE = 0x08  # the IDX type code for unsigned bytes, the only one MNIST-style data sets use
+GZIP_MAGIC = b"\x1f\x8b"
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -44,10 +51,90 @@ class Split:
 
 def load_embedded_digits() -> Dataset:
     """The 10,000 real MNIST digits shipped in training/assets (see its README for provenance)."""
-    with resources.files("training").joinpath("assets", EMBEDDED_DIGITS).open("rb") as f:
-        with np.load(f, allow_pickle=False) as npz:
-            images, labels = npz["images"], npz["labels"]
+    asset = resources.files("training").joinpath("assets", EMBEDDED_DIGITS)
+    with asset.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+        images, labels = npz["images"], npz["labels"]
     return Dataset("digits", images, labels, DIGIT_NAMES)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped if it starts with the gzip magic (so `.gz` or not, both work)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path}: truncated or corrupt gzip data ({exc})") from None
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """Read an IDX file of unsigned bytes with `ndim` dimensions (gzip or raw).
+
+    IDX: two zero bytes, a type byte (0x08 = uint8), the number of dimensions, each dimension as a
+    big-endian uint32, then the data in row-major order. Anything else, or a data size that does not
+    match the header, is a DataError: a short file must never become a silently smaller array.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4 or data[0:2] != b"\x00\x00":
+        raise DataError(f"{path}: not an IDX file (expected magic 00 00 08 {ndim:02x}, got {data[:4].hex(' ')})")
+    if data[2] != IDX_UBYTE:
+        raise DataError(f"{path}: IDX type code 0x{data[2]:02x}, expected 0x08 (unsigned bytes)")
+    if data[3] != ndim:
+        raise DataError(f"{path}: {data[3]} dimensions, expected {ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated header ({len(data)} bytes, expected at least {header})")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = math.prod(shape)
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path}: {len(data) - header} bytes of data, expected {expected} for shape {shape}"
+            + (" (truncated)" if len(data) - header < expected else " (trailing bytes)")
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_file(directory: Path, prefix: str, what: str, ndim: int) -> Path:
+    """`train-images-idx3-ubyte`, with or without `.gz`: the standard names MNIST is distributed under."""
+    stem = f"{prefix}-{what}-idx{ndim}-ubyte"
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{directory / stem}[.gz]: missing (expected the standard IDX file names)")
+
+
+def load_idx_dataset(name: str, directory: str | Path, part: str = "train") -> Dataset:
+    """An MNIST-style directory: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]."""
+    if part not in PARTS:
+        raise DataError(f"unknown part {part!r}; expected one of {', '.join(PARTS)}")
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such data directory for {name}")
+    images_path = _idx_file(directory, PARTS[part], "images", 3)
+    labels_path = _idx_file(directory, PARTS[part], "labels", 1)
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(f"{images_path}: images are {images.shape[1]}×{images.shape[2]}, "
+                        f"expected {IMAGE_SIDE}×{IMAGE_SIDE}")
+    if len(images) != len(labels):
+        raise DataError(f"{labels_path}: {len(labels)} labels, expected {len(images)} "
+                        f"(the number of images in {images_path.name})")
+    names = FASHION_NAMES if name == "fashion-mnist" else DIGIT_NAMES
+    if len(labels) and int(labels.max()) >= len(names):
+        raise DataError(f"{labels_path}: label {int(labels.max())} out of range, expected 0..{len(names) - 1}")
+    return Dataset(name, images, labels, names)
+
+
+def default_data_dir(name: str) -> Path | None:
+    return FASHION_MNIST_DIR if name == "fashion-mnist" else None
 
 
 def load_dataset(name: str = "digits", data_dir: str | Path | None = None, part: str = "train") -> Dataset:
@@ -55,7 +142,13 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, part:
     have a single part and ignore it. Raises DataError naming the file and what was expected."""
     if name == "digits":
         return load_embedded_digits()
-    raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    directory = data_dir if data_dir is not None else default_data_dir(name)
+    if directory is None:
+        raise DataError(f"{name} has no default directory: pass --data-dir with the IDX files "
+                        f"(train-images-idx3-ubyte.gz, ...)")
+    return load_idx_dataset(name, directory, part)
 
 
 def filter_classes(ds: Dataset, classes: tuple[int, ...] | None) -> Dataset:
@@ -73,7 +166,7 @@ def train_val_split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0) -> Sp
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(len(ds.labels))
-    n_val = max(1, int(round(len(order) * val_fraction)))
+    n_val = max(1, round(len(order) * val_fraction))
     val, train = order[:n_val], order[n_val:]
     labels = ds.labels.astype(np.int64)
     return Split(ds.images[train], labels[train], ds.images[val], labels[val])

@@ -1,0 +1,366 @@
+"""aegen-train: fit an AE or a VAE on 28×28 images and write a checkpoint (training/checkpoint.py).
+
+    aegen-train --kind vae --latent-dim 16 --epochs 30 --out runs/vae16
+    aegen-train --kind ae --latent-dim 2 --classes 1,8 --out runs/ae2-18
+    aegen-train --out runs/vae16 --epochs 40 --resume        # ten more epochs, optimiser state kept
+
+On the CPU a run is deterministic: the same options (and thread count) give the same weights, and a
+run resumed after epoch k gives the same weights as one that never stopped, because every epoch
+reseeds its shuffle and its reparameterisation noise from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training import checkpoint as ckpt
+from training.checkpoint import CheckpointConfig, CheckpointError, ModelConfig
+from training.data import DATASETS, DataError, Split, filter_classes, load_dataset, train_val_split
+from training.losses import LOSSES, kl_divergence, kl_weight_at, objective, reconstruction_loss
+from training.models import AutoEncoder, build_model
+
+VAL_BATCH = 1000
+
+
+class TrainError(Exception):
+    """Options that cannot work together, or a run that cannot go on. The message says which."""
+
+
+@dataclass
+class TrainOptions:
+    """One training run; the field names mirror the command-line flags."""
+
+    kind: str = "vae"
+    arch: str = "mlp"
+    latent_dim: int = 16
+    hidden_dim: int = 512
+    dataset: str = "digits"
+    data_dir: str | None = None
+    classes: tuple[int, ...] | None = None
+    epochs: int = 10  # the total: a resumed run trains until the checkpoint has this many
+    batch_size: int = 128
+    lr: float = 1e-3
+    kl_weight: float = 1.0
+    kl_warmup_epochs: int = 0
+    loss: str = "bce"
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    limit: int | None = None
+    out: str = "runs/model"
+    resume: bool = False
+    progress: bool = True
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(kind=self.kind, arch=self.arch, latent_dim=self.latent_dim, hidden_dim=self.hidden_dim)
+
+
+def check_options(options: TrainOptions) -> None:
+    """Reject impossible options before any data is read or any file is written."""
+    problems = [
+        (options.epochs < 1, f"--epochs must be ≥ 1, got {options.epochs}"),
+        (options.batch_size < 1, f"--batch-size must be ≥ 1, got {options.batch_size}"),
+        (not (options.lr > 0 and math.isfinite(options.lr)), f"--lr must be a positive number, got {options.lr}"),
+        (not (options.kl_weight >= 0 and math.isfinite(options.kl_weight)),
+         f"--kl-weight must be ≥ 0, got {options.kl_weight}"),
+        (options.kl_warmup_epochs < 0, f"--kl-warmup-epochs must be ≥ 0, got {options.kl_warmup_epochs}"),
+        (options.loss not in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {options.loss!r}"),
+        (options.dataset not in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}, got {options.dataset!r}"),
+        (not 0.0 < options.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {options.val_fraction}"),
+        (options.limit is not None and options.limit < 1, f"--limit must be ≥ 1, got {options.limit}"),
+        (options.threads is not None and options.threads < 1, f"--threads must be ≥ 1, got {options.threads}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise TrainError(message)
+    try:
+        options.model_config()
+    except CheckpointError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"--device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for, but this torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise TrainError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def prepare_data(options: TrainOptions) -> Split:
+    """The run's data: its classes, a split fixed by the seed, and at most `limit` training images."""
+    dataset = filter_classes(load_dataset(options.dataset, options.data_dir, "train"), options.classes)
+    if len(dataset.labels) < 2:
+        raise DataError(f"{dataset.name}: {len(dataset.labels)} images after class filtering, need at least 2")
+    split = train_val_split(dataset, options.val_fraction, options.seed)
+    if options.limit is not None:
+        split = dataclasses.replace(split, train_images=split.train_images[: options.limit],
+                                    train_labels=split.train_labels[: options.limit])
+    if len(split.train_labels) == 0:
+        raise DataError(f"{dataset.name}: no training images left after the validation split")
+    return split
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 1) % (2**63)
+
+
+@contextlib.contextmanager
+def _torch_settings(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Deterministic kernels on the CPU and the thread count, restored afterwards (callers share torch)."""
+    old_deterministic = torch.are_deterministic_algorithms_enabled()
+    old_threads = torch.get_num_threads()
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_deterministic)
+        torch.set_num_threads(old_threads)
+
+
+def _as_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 28, 28) on the device → float (B, 1, 28, 28) in [0, 1]."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 options: TrainOptions, epoch: int, bar: tqdm) -> dict[str, float]:
+    """One pass over the training images in a (seed, epoch)-determined order; returns mean loss terms."""
+    torch.manual_seed(_epoch_seed(options.seed, epoch))  # the reparameterisation noise
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(options.seed, epoch)))
+    steps = math.ceil(len(images) / options.batch_size)
+    sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    seen, start = 0, time.perf_counter()
+    model.train()
+    for step in range(steps):
+        index = order[step * options.batch_size:(step + 1) * options.batch_size].to(images.device)
+        x = _as_batch(images[index])
+        weight = kl_weight_at(epoch + step / steps, options.kl_weight, options.kl_warmup_epochs)
+        logits, mean_or_z, log_var = model(x)
+        terms = objective(logits, x, mean_or_z, log_var, options.loss, weight)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        n = len(x)
+        for name, value in (("loss", terms.total), ("reconstruction", terms.reconstruction), ("kl", terms.kl)):
+            sums[name] += float(value.detach()) * n
+        seen += n
+        bar.update(n)
+        if step % 10 == 0 or step == steps - 1:
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.1f}", rec=f"{sums['reconstruction'] / seen:.1f}",
+                            kl=f"{sums['kl'] / seen:.2f}", img_s=f"{rate:.0f}", refresh=False)
+    mean = {f"train_{k}": v / seen for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in mean.values()):
+        raise TrainError(f"the loss became {mean['train_loss']} in epoch {epoch + 1}; try a lower --lr")
+    seconds = time.perf_counter() - start
+    return {**mean, "kl_weight": weight, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def validate(model: AutoEncoder, images: np.ndarray, loss: str, device: torch.device,
+             seed: int = 0) -> dict[str, float]:
+    """Validation metrics, per image: reconstruction from z = M; for a VAE also KL and the ELBO.
+
+    ELBO = E_q[log p(x | z)] − KL(q(z | x) ‖ p(z)), estimated with one z ~ q per image from a fixed
+    seed, with log p(x | z) = −L (a true log-likelihood for "cbce"; for "bce" on grey pixels the
+    Bernoulli convention of Kingma & Welling; for "mse" up to a constant).
+    """
+    model.eval()
+    is_vae = model.config.kind == "vae"
+    generator = torch.Generator().manual_seed(seed)
+    sums = {"val_reconstruction": 0.0, "val_kl": 0.0, "val_elbo": 0.0}
+    for start in range(0, len(images), VAL_BATCH):
+        x = _as_batch(torch.from_numpy(images[start:start + VAL_BATCH]).to(device))
+        n = len(x)
+        if not is_vae:
+            sums["val_reconstruction"] += float(reconstruction_loss(model.decode_logits(model.encode(x)), x, loss)) * n
+            continue
+        mean, log_var = model.encode(x)
+        eps = torch.randn(mean.shape, generator=generator).to(device)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        kl = float(kl_divergence(mean, log_var))
+        sums["val_reconstruction"] += float(reconstruction_loss(model.decode_logits(mean), x, loss)) * n
+        sums["val_kl"] += kl * n
+        sums["val_elbo"] += -(float(reconstruction_loss(model.decode_logits(z), x, loss)) + kl) * n
+    keys = sums if is_vae else ["val_reconstruction"]
+    return {k: sums[k] / len(images) for k in keys}
+
+
+def _resume_state(options: TrainOptions, out: Path) -> tuple[CheckpointConfig, dict, dict | None]:
+    """The checkpoint in `out` to continue from; it must describe the same model and data."""
+    state, config = ckpt.load_checkpoint(out)
+    wanted = _config(options, epochs=config.epochs, metrics={}, history=[])
+    same = ("model", "dataset", "classes", "loss", "seed", "val_fraction", "limit")
+    for name in same:
+        if getattr(config, name) != getattr(wanted, name):
+            raise TrainError(f"{out}: cannot resume, the checkpoint's {name} is {getattr(config, name)!r} "
+                             f"but this run asks for {getattr(wanted, name)!r}")
+    if config.epochs >= options.epochs:
+        raise TrainError(f"{out}: the checkpoint already has {config.epochs} epochs; "
+                         f"pass --epochs greater than {config.epochs} to train more")
+    return config, state, ckpt.load_optimizer_state(out)
+
+
+def _config(options: TrainOptions, epochs: int, metrics: dict[str, float],
+            history: list[dict[str, float]]) -> CheckpointConfig:
+    return CheckpointConfig(
+        model=options.model_config(), dataset=options.dataset, classes=options.classes, loss=options.loss,
+        kl_weight=options.kl_weight if options.kind == "vae" else 0.0,
+        kl_warmup_epochs=options.kl_warmup_epochs, epochs=epochs, batch_size=options.batch_size,
+        learning_rate=options.lr, seed=options.seed, val_fraction=options.val_fraction, limit=options.limit,
+        metrics=metrics, history=history,
+    )
+
+
+def train(options: TrainOptions) -> Path:
+    """Train as `options` say and return the checkpoint directory (options.out).
+
+    The checkpoint is rewritten after every epoch, so an interrupted run can be resumed.
+    Raises TrainError, DataError or CheckpointError with a one-line message.
+    """
+    check_options(options)
+    if options.classes is not None:
+        options = dataclasses.replace(options, classes=tuple(sorted(set(options.classes))))
+    device = resolve_device(options.device)
+    out = Path(options.out)
+    resumed = _resume_state(options, out) if options.resume else None
+    split = prepare_data(options)
+    with _torch_settings(device, options.threads):
+        torch.manual_seed(options.seed)  # the initial weights
+        model = build_model(options.model_config()).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+        first_epoch, history = 0, []
+        if resumed is not None:
+            config, state, optimizer_state = resumed
+            model.load_state_dict(state)
+            if optimizer_state is not None:
+                ckpt.optimizer_from_tensors(optimizer, optimizer_state, str(out / ckpt.OPTIMIZER_FILE))
+            first_epoch, history = config.epochs, list(config.history)
+        images = torch.from_numpy(np.ascontiguousarray(split.train_images)).to(device)
+        for epoch in range(first_epoch, options.epochs):
+            with tqdm(total=len(images), desc=f"epoch {epoch + 1}/{options.epochs}", unit="img",
+                      unit_scale=True, disable=not options.progress, leave=False) as bar:
+                row = _train_epoch(model, optimizer, images, options, epoch, bar)
+            row = {"epoch": epoch + 1, **row, **validate(model, split.val_images, options.loss, device, options.seed)}
+            history.append(row)
+            if options.progress:
+                tqdm.write(_summary(row))
+            metrics = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
+            ckpt.save_checkpoint(out, model.state_dict(), _config(options, epoch + 1, metrics, history),
+                                 optimizer_state=ckpt.optimizer_to_tensors(optimizer))
+    return out
+
+
+def _summary(row: dict[str, float]) -> str:
+    shown = [f"epoch {row['epoch']}"] + [f"{k} {v:.2f}" for k, v in row.items()
+                                         if k.startswith(("train_", "val_"))]
+    return "  ".join(shown + [f"{row['images_per_s']:.0f} img/s"])
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        classes = tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class numbers like 1,8, got {text!r}") from None
+    if not classes:
+        raise argparse.ArgumentTypeError("expected at least one class number")
+    return classes
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        sys.stderr.write(f"aegen-train: error: environment variable {name} must be an integer, got {value!r}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainOptions()
+    env = os.environ.get
+    p = _Parser(prog="aegen-train", description="Train an AE or a VAE on 28×28 images and write a checkpoint.")
+    p.add_argument("--kind", choices=ckpt.KINDS, default=d.kind)
+    p.add_argument("--arch", choices=ckpt.ARCHS, default=d.arch)
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    p.add_argument("--hidden-dim", type=int, default=d.hidden_dim)
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="digits: the 10,000 embedded MNIST digits; mnist / fashion-mnist: IDX files")
+    p.add_argument("--data-dir", default=env("AEGEN_DATA_DIR"),
+                   help="directory of IDX files (env AEGEN_DATA_DIR; fashion-mnist defaults to "
+                        "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--classes", type=_classes, default=None, help="train only on these classes, e.g. 1,8")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (with --resume: train up to this)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight, help="λ in L + λ·KL (VAE only)")
+    p.add_argument("--kl-warmup-epochs", type=int, default=d.kl_warmup_epochs,
+                   help="raise λ linearly from 0 over this many epochs")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="bce, cbce (BCE + continuous-Bernoulli normaliser) or mse")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=env("AEGEN_DEVICE", d.device), help="auto, cpu or cuda (env AEGEN_DEVICE)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--out", default=d.out, help="checkpoint directory")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS"),
+                   help="torch CPU threads (env AEGEN_THREADS)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = TrainOptions(**vars(args))
+    try:
+        out = train(options)
+        config = ckpt.read_config(out)
+    except (TrainError, DataError, CheckpointError) as exc:
+        sys.stderr.write(f"aegen-train: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"aegen-train: interrupted; the last finished epoch is saved in {options.out}\n")
+        return 130
+    metrics = "  ".join(f"{k} {v:.2f}" for k, v in config.metrics.items() if k.startswith("val_"))
+    print(f"checkpoint {out} ({config.model.kind}, {config.model.arch}, latent {config.model.latent_dim}, "
+          f"{config.epochs} epochs): {metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
