@@ -1,0 +1,171 @@
+"""aegen-serve: wire the servicer, health, reflection and metrics into one gRPC server, and run it.
+
+    aegen-serve --repository model-repository --port 50051 --metrics-port 9464
+    python -m server --repository model-repository          # the same, from a checkout
+
+Start-up: the port opens at once with health NOT_SERVING, models load and warm up, then health turns
+SERVING. SIGTERM (or SIGINT): health NOT_SERVING, no new calls, in-flight calls get --grace-seconds to
+finish, exit 0. Bad configuration, an unusable device or a repository with nothing loadable: one line on
+stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.aegen.v1 import generator_pb2_grpc
+from server.config import HEALTH_SERVICES, ConfigError, ServerConfig
+from server.errors import ServerError
+from server.logs import configure_logging
+from server.metrics import ServerMetrics
+from server.models import ModelRegistry
+from server.runner import ExecutionConfig, select_device
+from server.servicer import SERVICE_NAME, GeneratorServicer
+
+log = logging.getLogger("aegen.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartError(ServerError):
+    """The server cannot start: a port is taken, a TLS file is unreadable."""
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    limit = config.max_message_bytes()
+    options = [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # gRPC enables SO_REUSEPORT by default: a second server on a taken port would start silently.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+    if config.max_connection_age_seconds > 0:
+        # Long-lived HTTP/2 connections pin a client to one pod; closing them lets load spread to new pods.
+        options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000))]
+    return options
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. Raises ServerError when it cannot start."""
+    device = select_device(ExecutionConfig.from_server_config(config))
+    metrics = ServerMetrics()
+    registry = ModelRegistry(config, device, metrics)
+    server = grpc.aio.server(options=server_options(config))
+    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(GeneratorServicer(registry, config, metrics), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in HEALTH_SERVICES:
+        await health_servicer.set(service, NOT_SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    _add_port(server, config)
+    await server.start()
+    metrics_http = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if config.metrics_port:
+            metrics_http = _serve_metrics(metrics, config)
+        log.info("listening", extra={"port": config.port, "metrics_port": config.metrics_port, "tls": config.tls,
+                                     "device": device.name, "repository": config.repository})
+        if not await _until_loaded(registry, stop):
+            return 0
+        for service in HEALTH_SERVICES:
+            await health_servicer.set(service, SERVING)
+        log.info("ready", extra={"models": [f"{m.name}:{m.number}" for m in registry.models()]})
+        poller = None
+        if config.repository_poll_seconds > 0:
+            poller = loop.create_task(registry.poll_forever(config.repository_poll_seconds))
+        await stop.wait()
+        log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
+        await health_servicer.enter_graceful_shutdown()
+        if poller is not None:
+            poller.cancel()
+        await server.stop(config.grace_seconds)
+        log.info("stopped")
+        return 0
+    finally:
+        await server.stop(0)
+        await registry.close()
+        if metrics_http is not None:
+            metrics_http.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _until_loaded(registry: ModelRegistry, stop: asyncio.Event) -> bool:
+    """Load the models; False if told to stop first. ModelLoadError propagates."""
+    loading = asyncio.ensure_future(registry.load_initial())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not loading.done():
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        return False
+    loading.result()
+    return True
+
+
+def _add_port(server: grpc.aio.Server, config: ServerConfig) -> None:
+    address = f"{config.host}:{config.port}"
+    try:
+        if config.tls:
+            credentials = grpc.ssl_server_credentials(
+                [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))])
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartError(f"cannot listen on {address}: {exc}") from None
+
+
+def _serve_metrics(metrics: ServerMetrics, config: ServerConfig):
+    try:
+        return metrics.serve(config.host, config.metrics_port)
+    except OSError as exc:
+        raise StartError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc.strerror}") from None
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise StartError(f"{flag} {path}: {exc.strerror}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = ServerConfig.from_args(argv)
+    except ConfigError as exc:
+        print(f"aegen-serve: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    try:
+        return asyncio.run(serve(config))
+    except ServerError as exc:
+        print(f"aegen-serve: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

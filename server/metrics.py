@@ -1,0 +1,89 @@
+"""Prometheus metrics of the server, in their own registry, exposed on their own HTTP port at /metrics.
+
+Names and units follow Prometheus conventions (base units, `_total` counters, `_info` for the per-model
+information). The `model` label is a loaded model's name, or "" when the request named no loaded model, so
+clients cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+_LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+                    30.0)
+_BATCH_BUCKETS = tuple(float(1 << i) for i in range(17))  # 1 .. 65536 samples
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "aegen_request_duration_seconds", "Time from a call's arrival to its answer, by method and status.",
+            ["method", "model", "code"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "aegen_requests", "Calls answered, by method and status code.", ["method", "model", "code"],
+            registry=r)
+        self.samples_generated = Counter(
+            "aegen_samples_generated", "Images decoded from latent seeds and returned.", ["model"], registry=r)
+        self.queue_wait = Histogram(
+            "aegen_queue_wait_seconds", "Time a request waited in the batch queue before its first batch.",
+            ["model", "device"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_duration = Histogram(
+            "aegen_inference_duration_seconds", "Time to draw the latents of and decode one batch.",
+            ["model", "device"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "aegen_batch_size_samples", "Samples per decoded batch.", ["model"], buckets=_BATCH_BUCKETS,
+            registry=r)
+        self.queue_depth = Gauge(
+            "aegen_queue_depth_samples", "Samples waiting in the batch queues.", ["model"], registry=r)
+        self.in_flight = Gauge("aegen_requests_in_flight", "Calls being handled now.", registry=r)
+        self.model = Info(
+            "aegen_model", "A loaded model version and where it runs.", ["name", "version"], registry=r)
+        self._request_children: dict[tuple[str, str, str], tuple] = {}
+
+    def observe_request(self, method: str, model: str, code: str, seconds: float) -> None:
+        key = (method, model, code)
+        children = self._request_children.get(key)
+        if children is None:  # labels() takes a lock and hashes; do it once per label set
+            children = (self.request_duration.labels(*key), self.requests.labels(*key))
+            self._request_children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
+
+    def model_loaded(self, name: str, version: int, device: str, execution_provider: str) -> None:
+        self.model.labels(name, str(version)).info({"device": device, "execution_provider": execution_provider})
+
+    def model_unloaded(self, name: str, version: int) -> None:
+        try:
+            self.model.remove(name, str(version))
+        except KeyError:
+            pass
+
+    def batch_observer(self, model: str, device: str) -> BatchMetrics:
+        return BatchMetrics(self, model, device)
+
+    def serve(self, host: str, port: int):
+        """Start the /metrics HTTP server on a daemon thread; returns the http server (call shutdown())."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
+
+
+class BatchMetrics:
+    """The batcher's observer for one model version (see batcher.BatchObserver)."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, device: str) -> None:
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_wait = metrics.queue_wait.labels(model, device)
+        self._inference = metrics.inference_duration.labels(model, device)
+        self._batch_size = metrics.batch_size.labels(model)
+
+    def queue_depth_changed(self, delta_samples: int) -> None:
+        self._queue_depth.inc(delta_samples)
+
+    def queue_waited(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def batch_decoded(self, samples: int, seconds: float) -> None:
+        self._batch_size.observe(samples)
+        self._inference.observe(seconds)

@@ -1,0 +1,269 @@
+"""Loaded model versions, and the registry that loads, polls and swaps them.
+
+A model version is read through export/repository.py (the repository's format module, which verifies
+every file's SHA-256), gets one onnxruntime session per graph, is warmed up at every batch-size bucket, and
+only then is swapped in, atomically, as its model's served version. The registry polls the repository
+for newer versions; one that fails to load or verify is refused with a log line and the old one keeps
+serving. A retired version's batcher finishes what it has queued.
+
+This is the server's core API (no gRPC): `LoadedModel.generate`, `.encode`, `.reconstruct`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.repository import (
+    LatentSamplers,
+    ModelVersion,
+    RepositoryError,
+    list_models,
+    list_versions,
+    load_version,
+)
+from server.batcher import Batcher, BatcherConfig, Decoded
+from server.config import MAX_IMAGE_ELEMENTS, ServerConfig
+from server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerError
+from server.metrics import ServerMetrics
+from server.runner import DecoderRunner, Device, GraphRunner
+
+log = logging.getLogger("aegen.server.models")
+
+OUTPUT_DTYPES = {"uint8": "decoder_uint8", "float32": "decoder"}  # response dtype → graph key
+
+
+@dataclass(frozen=True)
+class Encoded:
+    latents: np.ndarray  # (n, d) float32: z for an AE, the mean for a VAE
+    log_variance: np.ndarray | None  # (n, d) float32 for a VAE
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One model version with its sessions (and, once active, its batcher)."""
+
+    version: ModelVersion
+    samplers: LatentSamplers | None
+    encoder: GraphRunner
+    decoders: dict[str, DecoderRunner]  # by output dtype: "uint8", "float32"
+    max_samples: int
+    batcher: Batcher | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def number(self) -> int:
+        return self.version.version
+
+    @property
+    def manifest(self):
+        return self.version.manifest
+
+    @property
+    def device(self) -> str:
+        return self.decoders["float32"].device
+
+    @property
+    def execution_provider(self) -> str:
+        return self.decoders["float32"].execution_provider
+
+    def generate(self, n: int, seed: int, sampler: str, temperature: float, dtype: str,
+                 deadline: float | None = None) -> asyncio.Future:
+        """Queue n samples drawn from Generator(PCG64(seed)); resolves to batcher.Decoded."""
+        self._check_count(n)
+        self.check_sampling(sampler, temperature)
+        rng = np.random.Generator(np.random.PCG64(seed))
+        return self.submit_latents(n, self.latent_source(sampler, rng, n, temperature), dtype, deadline)
+
+    def latent_source(self, sampler: str, rng: np.random.Generator, n: int, temperature: float
+                      ) -> Callable[[], np.ndarray]:
+        """Called on the inference thread: drawing 65,536 latents should not hold up the event loop."""
+        return lambda: self.version.sample_latents(sampler, rng, n, temperature, samplers=self.samplers)
+
+    def submit_latents(self, n: int, make_latents: Callable[[], np.ndarray], dtype: str,
+                       deadline: float | None = None) -> asyncio.Future:
+        if self.batcher is None:
+            raise ModelNotFound(f"model {self.name} version {self.number} is not serving")
+        return self.batcher.submit(n, make_latents, dtype, deadline)
+
+    def check_sampling(self, sampler: str, temperature: float) -> None:
+        if sampler not in self.manifest.samplers:
+            raise InvalidRequest(f"model {self.name} version {self.number} offers samplers "
+                                 f"{', '.join(self.manifest.samplers)}; not {sampler}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise InvalidRequest(f"temperature must be finite and > 0, got {temperature}")
+
+    def check_images(self, shape: tuple[int, ...], dtype: str, data: bytes) -> np.ndarray:
+        """Packed images (uint8 0..255 or float32 [0, 1]) → float32 (n, *image_shape); InvalidRequest if wrong."""
+        expected = tuple(self.manifest.image_shape)
+        if len(shape) != 1 + len(expected) or tuple(shape[1:]) != expected:
+            raise InvalidRequest(f"images must have shape [N, {', '.join(map(str, expected))}], got {list(shape)}")
+        n = shape[0]
+        self._check_count(n)
+        itemsize = {"uint8": 1, "float32": 4}[dtype]
+        size = n * math.prod(expected) * itemsize
+        if len(data) != size:
+            raise InvalidRequest(f"images hold {len(data)} bytes; shape {list(shape)} in {dtype} needs {size}")
+        images = np.frombuffer(data, dtype="<f4" if dtype == "float32" else np.uint8).reshape(n, *expected)
+        if dtype == "uint8":
+            return images.astype(np.float32) * np.float32(1 / 255)
+        return images.astype(np.float32)  # a writable, native-endian copy
+
+    def encode(self, images: np.ndarray) -> Encoded:
+        """Blocking: run it on a worker thread."""
+        info = self.manifest.graphs["encoder"]
+        outputs = self.encoder.run({next(iter(info.inputs)): images})
+        names = list(info.outputs)
+        log_variance = outputs[names[1]] if len(names) > 1 else None
+        return Encoded(np.ascontiguousarray(outputs[names[0]], np.float32), log_variance)
+
+    def _check_count(self, n: int) -> None:
+        if not 1 <= n <= self.max_samples:
+            raise InvalidRequest(f"number of samples must be in 1..{self.max_samples}, got {n}")
+
+
+def load_model(repository: Path, name: str, version: int, device: Device, config: ServerConfig) -> LoadedModel:
+    """Read, verify, open and warm up one version. Blocking (seconds); raises ModelLoadError."""
+    try:
+        model_version = load_version(repository, name, version)
+        samplers = model_version.load_samplers()
+    except RepositoryError as exc:
+        raise ModelLoadError(str(exc)) from None
+    manifest = model_version.manifest
+    if math.prod(manifest.image_shape) > MAX_IMAGE_ELEMENTS:
+        raise ModelLoadError(f"{model_version.path}: images of {list(manifest.image_shape)} exceed the "
+                             f"{MAX_IMAGE_ELEMENTS} pixels the message size limit is sized for")
+    encoder = GraphRunner(model_version.graph_path("encoder"), device)
+    decoders = {
+        dtype: DecoderRunner(model_version.graph_path(key), device, manifest.latent_dim,
+                             tuple(manifest.image_shape), np.dtype(dtype), config.max_batch_size)
+        for dtype, key in OUTPUT_DTYPES.items()
+    }
+    try:
+        for decoder in decoders.values():
+            decoder.warm_up()
+        encoder.run({encoder.input_names[0]: np.zeros((1, *manifest.image_shape), np.float32)})
+    except Exception as exc:  # noqa: BLE001 - a graph that loads but cannot run is refused like a corrupt one
+        raise ModelLoadError(f"{model_version.path}: warm-up failed ({exc})") from None
+    return LoadedModel(model_version, samplers, encoder, decoders, config.max_samples_per_request)
+
+
+class ModelRegistry:
+    """The served version of each model; `resolve` is what request handlers call."""
+
+    def __init__(self, config: ServerConfig, device: Device, metrics: ServerMetrics) -> None:
+        self.config = config
+        self.device = device
+        self.metrics = metrics
+        self.repository = Path(config.repository)
+        self._models: dict[str, LoadedModel] = {}
+        self._refused: set[tuple[str, int]] = set()
+        self._retiring: set[asyncio.Task] = set()
+
+    def resolve(self, name: str, version: int | None = None) -> LoadedModel:
+        if not name:
+            raise InvalidRequest("model_name is required; ListModels lists the loaded models")
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"no model {name!r} is loaded; loaded: {', '.join(sorted(self._models)) or 'none'}")
+        if version is not None and version != model.number:
+            raise ModelNotFound(f"model {name!r} version {version} is not loaded; serving version {model.number}")
+        return model
+
+    def models(self) -> list[LoadedModel]:
+        return [self._models[name] for name in sorted(self._models)]
+
+    async def load_initial(self) -> None:
+        """Load every configured model's newest loadable version; ModelLoadError if any model has none."""
+        try:
+            names = list(self.config.models) or list_models(self.repository)
+        except RepositoryError as exc:
+            raise ModelLoadError(str(exc)) from None
+        if not names:
+            raise ModelLoadError(f"{self.repository}: no models in the repository")
+        for name in names:
+            if not await self._load_newest(name):
+                raise ModelLoadError(f"model {name!r}: no version of it could be loaded (see the log)")
+
+    async def poll_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - a failed poll must never stop serving
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        names = list(self._models) if self.config.models else await asyncio.to_thread(self._listed_models)
+        for name in names:
+            await self._load_newest(name)
+
+    async def close(self) -> None:
+        models, self._models = list(self._models.values()), {}
+        await asyncio.gather(*(m.batcher.close() for m in models if m.batcher), *self._retiring)
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _listed_models(self) -> list[str]:
+        try:
+            return list_models(self.repository)
+        except RepositoryError as exc:
+            log.warning("cannot list the model repository", extra={"error": str(exc)})
+            return list(self._models)
+
+    async def _load_newest(self, name: str) -> bool:
+        """Try versions newer than the served one, newest first; swap in the first that loads."""
+        current = self._models[name].number if name in self._models else 0
+        try:
+            versions = await asyncio.to_thread(list_versions, self.repository, name)
+        except RepositoryError as exc:
+            log.warning("cannot list versions", extra={"model": name, "error": str(exc)})
+            return name in self._models
+        for version in reversed(versions):
+            if version <= current:
+                break
+            if (name, version) in self._refused:
+                continue
+            started = time.perf_counter()
+            try:
+                model = await asyncio.to_thread(load_model, self.repository, name, version, self.device,
+                                                self.config)
+            except ServerError as exc:
+                self._refused.add((name, version))
+                log.error("model version refused", extra={"model": name, "version": version, "error": str(exc)})
+                continue
+            self._activate(model, time.perf_counter() - started)
+            return True
+        return name in self._models
+
+    def _activate(self, model: LoadedModel, load_seconds: float) -> None:
+        model.batcher = Batcher(
+            model.decoders,
+            BatcherConfig(self.config.max_batch_size, self.config.max_queue_delay_us, self.config.max_queue_samples),
+            self.metrics.batch_observer(model.name, model.device), name=f"{model.name}-{model.number}")
+        model.batcher.start()
+        old = self._models.get(model.name)
+        self._models[model.name] = model  # the swap: one assignment on the event loop
+        self.metrics.model_loaded(model.name, model.number, model.device, model.execution_provider)
+        log.info("model version serving", extra={
+            "model": model.name, "version": model.number, "device": model.device,
+            "execution_provider": model.execution_provider, "samplers": list(model.manifest.samplers),
+            "load_seconds": round(load_seconds, 3), "replaces": old.number if old else None})
+        if old is not None:
+            self.metrics.model_unloaded(old.name, old.number)
+            task = asyncio.get_running_loop().create_task(old.batcher.close())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+
+__all__ = ["Decoded", "Encoded", "LoadedModel", "ModelRegistry", "load_model"]

@@ -1,0 +1,205 @@
+"""onnxruntime sessions: which device they run on, and the decoder's batch hot path.
+
+One session per loaded graph. `select_device` decides once per process between the CUDA and the CPU
+execution provider; every session then checks which provider it actually got (onnxruntime falls back to
+CPU silently when the CUDA libraries do not load, see shared/GPU.md), and that provider is what we report.
+
+Everything CUDA-specific (provider options, CUDA graphs, device-side buffers) lives in this module, so the
+rest of the server only sees `GraphRunner.run` and `DecoderRunner.decode_into`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from server.config import ServerConfig
+from server.errors import DeviceError, ModelLoadError
+
+log = logging.getLogger("aegen.server.runner")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    device: str = "auto"  # "auto" | "cuda" | "cpu"
+    intra_op_threads: int = 0
+    cuda_graphs: bool = False
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    gpu_mem_limit: int = 0
+
+    @classmethod
+    def from_server_config(cls, config: ServerConfig) -> ExecutionConfig:
+        return cls(device=config.device, intra_op_threads=config.intra_op_threads,
+                   cuda_graphs=config.cuda_graphs, cudnn_conv_algo_search=config.cudnn_conv_algo_search,
+                   gpu_mem_limit=config.gpu_mem_limit)
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where sessions run: "cuda" or "cpu", and the options every session of this process gets."""
+
+    name: str
+    execution: ExecutionConfig
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.name == "cuda" and self.execution.cuda_graphs
+
+    def providers(self, *, cuda_graph: bool = False) -> list:
+        if self.name == "cpu":
+            return [CPU]
+        options = {
+            "device_id": 0,
+            # EXHAUSTIVE re-benchmarks every new input shape, which is every new batch size.
+            "cudnn_conv_algo_search": self.execution.cudnn_conv_algo_search,
+            "do_copy_in_default_stream": "1",
+        }
+        if self.execution.gpu_mem_limit:
+            options["gpu_mem_limit"] = str(self.execution.gpu_mem_limit)
+        if cuda_graph:
+            options["enable_cuda_graph"] = "1"
+        return [(CUDA, options), CPU]
+
+
+def select_device(execution: ExecutionConfig) -> Device:
+    """--device auto: CUDA when its provider is there, else CPU with one warning; cuda: CUDA or DeviceError."""
+    if execution.device == "cpu":
+        return Device("cpu", execution)
+    _preload_cuda_libraries()
+    if CUDA in ort.get_available_providers():
+        return Device("cuda", execution)
+    if execution.device == "cuda":
+        raise DeviceError("--device cuda: onnxruntime has no CUDAExecutionProvider here "
+                          f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+                          "and the CUDA libraries, or use --device cpu")
+    log.warning("no CUDA execution provider; decoding on CPU",
+                extra={"available_providers": ort.get_available_providers()})
+    if execution.cuda_graphs or execution.gpu_mem_limit:
+        log.warning("--cuda-graphs and --gpu-mem-limit are ignored on CPU")
+    return Device("cpu", execution)
+
+
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu >= 1.21 can load the CUDA/cuDNN libraries of the pip wheels; without this the CUDA
+    # provider may fail to load and the session silently runs on CPU.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - a missing library means "no CUDA", which select_device reports
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
+class GraphRunner:
+    """One onnxruntime session over one graph file. `run` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(self, path: Path, device: Device, *, cuda_graph: bool = False) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = device.execution.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # onnxruntime's own warnings go to stderr unstructured; keep errors
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options,
+                                                providers=device.providers(cuda_graph=cuda_graph))
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for an unloadable graph
+            raise ModelLoadError(f"{path}: onnxruntime cannot load it ({exc})") from None
+        self.path = path
+        self.execution_provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.execution_provider == CUDA else "cpu"
+        if device.name == "cuda" and self.device != "cuda":
+            if device.execution.device == "cuda":
+                raise DeviceError(f"{path}: the session got {self.execution_provider}, not {CUDA} "
+                                  "(CUDA libraries missing?); refusing to serve on CPU with --device cuda")
+            log.warning("session fell back to CPU", extra={"graph": str(path)})
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to the maximum, and the maximum: the shapes warmed up (and CUDA-graphed)."""
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size]
+    return tuple(sorted(set(sizes) | {max_batch_size}))
+
+
+class DecoderRunner:
+    """latent (B, d) float32 → images (B, *image_shape) written into a caller-owned buffer.
+
+    IO binding writes the output straight into the caller's array (no allocation per batch; on CUDA the
+    images stay on the device until that one copy). With CUDA graphs each bucket gets fixed device buffers
+    and its own captured graph, and a batch is padded up to its bucket."""
+
+    def __init__(self, path: Path, device: Device, latent_dim: int, image_shape: tuple[int, ...],
+                 dtype: np.dtype, max_batch_size: int) -> None:
+        self.graph = GraphRunner(path, device, cuda_graph=device.cuda_graphs)
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+        self.dtype = np.dtype(dtype)
+        self.buckets = batch_buckets(max_batch_size)
+        self.input_name = self.graph.input_names[0]
+        self.output_name = self.graph.output_names[0]
+        self._cuda_graphs = device.cuda_graphs and self.graph.device == "cuda"
+        self._graph_buffers: dict[int, tuple[ort.OrtValue, ort.OrtValue, ort.RunOptions]] = {}
+
+    @property
+    def device(self) -> str:
+        return self.graph.device
+
+    @property
+    def execution_provider(self) -> str:
+        return self.graph.execution_provider
+
+    def bucket(self, n: int) -> int:
+        for size in self.buckets:
+            if size >= n:
+                return size
+        raise ValueError(f"batch of {n} exceeds the largest bucket {self.buckets[-1]}")
+
+    def warm_up(self) -> None:
+        """Run every bucket once, so the first real request of each size pays no allocation or capture."""
+        for size in self.buckets:
+            latents = np.zeros((size, self.latent_dim), np.float32)
+            self.decode_into(latents, np.empty((size, *self.image_shape), self.dtype))
+
+    def decode_into(self, latents: np.ndarray, out: np.ndarray) -> None:
+        """Decode `latents` (C-contiguous float32) into `out` (C-contiguous, this runner's dtype)."""
+        if self._cuda_graphs:
+            self._decode_with_cuda_graph(latents, out)
+            return
+        binding = self.graph.session.io_binding()
+        binding.bind_cpu_input(self.input_name, latents)
+        binding.bind_output(self.output_name, "cpu", 0, self.dtype, out.shape, out.ctypes.data)
+        self.graph.session.run_with_iobinding(binding)
+
+    def _decode_with_cuda_graph(self, latents: np.ndarray, out: np.ndarray) -> None:
+        n = latents.shape[0]
+        size = self.bucket(n)
+        device_in, device_out, run_options = self._cuda_graph_buffers(size)
+        padded = latents if n == size else np.concatenate(
+            [latents, np.zeros((size - n, self.latent_dim), np.float32)])
+        device_in.update_inplace(padded)
+        binding = self.graph.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, device_in)
+        binding.bind_ortvalue_output(self.output_name, device_out)
+        self.graph.session.run_with_iobinding(binding, run_options)
+        out[...] = device_out.numpy()[:n]
+
+    def _cuda_graph_buffers(self, size: int) -> tuple[ort.OrtValue, ort.OrtValue, ort.RunOptions]:
+        # A captured graph replays fixed device addresses: one input/output pair and graph id per bucket.
+        if size not in self._graph_buffers:
+            device_in = ort.OrtValue.ortvalue_from_shape_and_type((size, self.latent_dim), np.float32, "cuda", 0)
+            device_out = ort.OrtValue.ortvalue_from_shape_and_type((size, *self.image_shape), self.dtype, "cuda", 0)
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(self.buckets.index(size) + 1))
+            self._graph_buffers[size] = (device_in, device_out, run_options)
+        return self._graph_buffers[size]
