@@ -53,10 +53,15 @@ def save_grid(
         raise GridError(f"nrow must be ≥ 1, got {nrow}")
     cols = min(nrow, len(pixels))
     rows = math.ceil(len(pixels) / cols)
-    cell = 0.9 if labels is None else 1.1
-    fig = Figure(figsize=(cols * 0.9, rows * cell + (0.4 if title else 0.0)), dpi=100)
+    cell_h = 0.9 if labels is None else 1.1  # inches per row; a label needs a little more height
+    title_h = 0.4 if title else 0.0
+    height = rows * cell_h + title_h
+    fig = Figure(figsize=(cols * 0.9, height), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
+    # Fixed margins instead of tight_layout: the title gets its own band above the images.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1.0 - (title_h + 0.05) / height,
+                        wspace=0.06, hspace=0.3 if labels is not None else 0.06)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= len(pixels):
@@ -65,8 +70,7 @@ def save_grid(
         if labels is not None:
             ax.set_title(labels[i], fontsize=7, pad=2)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.3)
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.08 / height, va="top")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
