@@ -1,0 +1,110 @@
+"""Benchmark b: small requests. N = 1 at 1 … 256 calls in flight against the real server and against
+bench/echo_server.py (same framework, same response size, no inference): the framework's own ceiling.
+
+Targets: >= 0.7 of echo's calls/s at 64 in flight; p50 at 1 in flight <= 1.5x echo's.
+
+    python -m bench.small_requests [--repository R --model M] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.common import (
+    RESULTS_DIR,
+    add_model_arguments,
+    bench_model,
+    fmt,
+    load,
+    machine_details,
+    markdown_table,
+    serve_echo,
+    serve_model,
+    write_result,
+)
+from server.loadtest import LoadTestReport
+
+LEVELS = (1, 4, 16, 64, 256)
+
+
+def _plot(echo: LoadTestReport, served: LoadTestReport, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for report, label in ((echo, "echo (no inference)"), (served, "aegen server")):
+        xs = [r.concurrency for r in report.levels]
+        ax1.plot(xs, [r.requests_per_s for r in report.levels], "o-", label=label)
+        ax2.plot(xs, [r.latency_ms["p50"] for r in report.levels], "o-", label=f"{label} p50")
+        ax2.plot(xs, [r.latency_ms["p99"] for r in report.levels], "x--", label=f"{label} p99")
+    for ax, ylabel in ((ax1, "calls/s (N = 1)"), (ax2, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("calls in flight")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    ax2.set_yscale("log")
+    fig.suptitle("Small requests: aegen server vs echo, client and server on the same machine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> Path:
+    details = machine_details()
+    model = bench_model(args.repository, args.model, args.checkpoint)
+    with serve_echo() as echo_server:
+        echo = load(echo_server.target, concurrency=LEVELS, duration=args.duration, warmup=args.warmup, model="echo")
+    with serve_model(model.repository) as server:
+        served = load(server.target, concurrency=LEVELS, duration=args.duration, warmup=args.warmup,
+                      model=model.name, metrics_url=server.metrics_url)
+    rows = []
+    for e, s in zip(echo.levels, served.levels):
+        split = s.server or {}
+        rows.append([s.concurrency, fmt(e.requests_per_s), fmt(s.requests_per_s),
+                     fmt(s.requests_per_s / e.requests_per_s, 2),
+                     fmt(e.latency_ms["p50"], 2), fmt(s.latency_ms["p50"], 2),
+                     fmt(s.latency_ms["p50"] / e.latency_ms["p50"], 2),
+                     fmt(e.latency_ms["p99"], 2), fmt(s.latency_ms["p99"], 2),
+                     fmt(split.get("queue_wait_mean_ms", float("nan")), 2),
+                     fmt(split.get("inference_mean_ms", float("nan")), 2),
+                     sum(e.errors.values()) + sum(s.errors.values())])
+    table = markdown_table(
+        ["in flight", "echo calls/s", "server calls/s", "server/echo", "echo p50 ms", "server p50 ms",
+         "p50 ratio", "echo p99 ms", "server p99 ms", "server queue wait ms", "server inference ms", "errors"],
+        rows)
+    at64 = next(s.requests_per_s / e.requests_per_s for e, s in zip(echo.levels, served.levels) if s.concurrency == 64)
+    p50_1 = served.levels[0].latency_ms["p50"] / echo.levels[0].latency_ms["p50"]
+    verdict = (f"- calls/s at 64 in flight: {at64:.2f} of echo's (target >= 0.70: "
+               f"{'met' if at64 >= 0.7 else 'missed'})\n"
+               f"- p50 at 1 in flight: {p50_1:.2f}x echo's (target <= 1.5x: {'met' if p50_1 <= 1.5 else 'missed'})\n")
+    png = args.out_dir / "small_requests.png"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    _plot(echo, served, png)
+    body = (f"Closed loop, N = 1 uint8, {args.duration:g} s per level after {args.warmup:g} s warm-up, one client "
+            f"process (grpc.aio, one channel) on the same 2 cores as the server. Model `{model.name}`, "
+            f"server defaults (dynamic batching, max queue delay 2 ms).\n\n{table}\n{verdict}\n"
+            f"![calls/s and latency against calls in flight]({png.name})\n")
+    return write_result("small_requests", "Benchmark b: small requests against the echo ceiling", body, details,
+                        args.out_dir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per level")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

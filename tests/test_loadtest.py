@@ -1,0 +1,105 @@
+"""aegen-loadtest against a real server on 127.0.0.1: it finishes by itself with zero errors, writes JSON,
+CSV and PNG that parse, reads the server's split between queue wait and inference from /metrics, and
+refuses bad flags and unreachable targets with one line and exit code 2. No timing asserts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from bench.common import free_port, serve_echo
+from server.loadtest import (
+    INFERENCE_METRIC,
+    QUEUE_WAIT_METRIC,
+    LoadTestConfig,
+    parse_histograms,
+    run_load_test,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+# A guard against a hang, not a timing assert: every run here is bounded by its own flags.
+HANG_GUARD_S = 120
+
+
+def _loadtest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.loadtest", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=HANG_GUARD_S, check=False)
+
+
+@pytest.fixture(scope="module")
+def echo_target() -> str:
+    with serve_echo() as served:
+        yield served.target
+
+
+def test_closed_loop_sweep_reports_zero_errors_and_writes_json_csv_png(echo_target: str, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = _loadtest("--target", echo_target, "--model", "echo", "--concurrency", "1,4", "-n", "8",
+                       "--duration", "1", "--warmup", "0.3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "loadtest.json").read_text())
+    assert [level["concurrency"] for level in report["levels"]] == [1, 4]
+    for level in report["levels"]:
+        assert level["errors"] == {}
+        assert level["ok"] > 0
+        assert level["samples_per_s"] == pytest.approx(8 * level["requests_per_s"])
+        assert level["latency_ms"]["p50"] <= level["latency_ms"]["p99"] <= level["latency_ms"]["max"]
+    rows = list(csv.DictReader((out / "loadtest.csv").open()))
+    assert [int(r["concurrency"]) for r in rows] == [1, 4]
+    assert all(r["errors"] == "" for r in rows)
+    import matplotlib.pyplot as plt
+    image = plt.imread(out / "loadtest.png")
+    assert image.ndim == 3 and image.shape[0] > 100
+    assert "| 1 in flight |" in result.stdout  # the Markdown table
+
+
+def test_open_loop_stops_by_itself_after_a_request_count(echo_target: str) -> None:
+    config = LoadTestConfig(target=echo_target, model="echo", rate=(200.0,), requests=50, warmup=0.2,
+                            max_level_time=30.0, dtype="float32", seed=7, png=False)
+    report = run_load_test(config)
+    (level,) = report.levels
+    assert level.mode == "open" and level.errors == {}
+    assert level.requests == 50 and level.ok == 50
+
+
+def test_histogram_split_sums_every_label_set_of_a_real_exposition() -> None:
+    registry = CollectorRegistry()
+    queue = Histogram(QUEUE_WAIT_METRIC, "queue wait", ["model"], registry=registry)
+    inference = Histogram(INFERENCE_METRIC, "inference", ["model", "dtype"], registry=registry)
+    for model, seconds in (("a", 0.25), ("b", 0.5), ("b", 0.25)):
+        queue.labels(model).observe(seconds)
+    inference.labels("a", "uint8").observe(2.0)
+    totals = parse_histograms(generate_latest(registry).decode(), (QUEUE_WAIT_METRIC, INFERENCE_METRIC))
+    assert totals[QUEUE_WAIT_METRIC].total == pytest.approx(1.0)
+    assert totals[QUEUE_WAIT_METRIC].count == 3
+    assert totals[INFERENCE_METRIC].total == pytest.approx(2.0)
+    assert totals[INFERENCE_METRIC].count == 1
+
+
+@pytest.mark.parametrize("flags", [
+    ["--concurrency", "1,x"],
+    ["--dtype", "int8"],
+    ["-n", "0"],
+    ["--rate", "-5"],
+    ["--processes", "0"],
+    ["--duration", "10", "--max-level-time", "5"],
+    ["--no-such-flag"],
+])
+def test_bad_flags_exit_2_with_one_line(flags: list[str]) -> None:
+    result = _loadtest(*flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aegen-loadtest: error:"), result.stderr
+
+
+def test_unreachable_target_exits_2_with_a_clear_message() -> None:
+    result = _loadtest("--target", f"127.0.0.1:{free_port()}", "--connect-timeout", "1")
+    assert result.returncode == 2
+    assert "cannot reach 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
