@@ -1,1 +1,143 @@
-"""Shared pytest fixtures: server (owned by the server work; other tests reuse them)."""
+"""Shared pytest fixtures: a running server (owned by the server work; other tests reuse them).
+
+`aegen_server` is a REAL `python -m server` process on 127.0.0.1 with free ports, serving a copy of the
+exported `model_repository` on CPU; it is started once per session. It unpacks as
+(target, metrics_url, process), and has helpers (`metrics_text()`, `log_text()`).
+`start_aegen_server(repository, tmp_dir, *flags)` starts another one with custom flags (call `.stop()`);
+the `server_factory` fixture does that and stops them all at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small buckets keep warm-up (every power of two up to the batch size) quick on a 2-core CI box.
+TEST_FLAGS = ("--max-batch-size", "256", "--intra-op-threads", "1", "--repository-poll-seconds", "0")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    target: str
+    metrics_url: str
+    process: subprocess.Popen
+    repository: Path
+    log_path: Path
+    _log_file: object = field(repr=False, default=None)
+
+    def __iter__(self):
+        return iter((self.target, self.metrics_url, self.process))
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return response.read().decode()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait; returns the exit code (kills it if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+        return self.process.returncode
+
+
+def launch_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict | None = None) -> RunningServer:
+    """Start `python -m server` without waiting for it; see wait_until_serving."""
+    port, metrics_port = free_port(), free_port()
+    log_path = Path(tmp_dir) / f"server-{port}.log"
+    log_file = open(log_path, "wb")
+    command = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
+               "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu", "--log-format", "json",
+               *TEST_FLAGS, *flags]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
+    return RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process,
+                         Path(repository), log_path, log_file)
+
+
+def wait_until_serving(server: RunningServer, timeout: float = 90) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_text()}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"server not serving after {timeout}s:\n{server.log_text()}")
+
+
+def start_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict | None = None) -> RunningServer:
+    """Start a server and wait until its health says SERVING."""
+    server = launch_aegen_server(repository, tmp_dir, *flags, env=env)
+    wait_until_serving(server)
+    return server
+
+
+def copy_repository(repository: Path, destination: Path) -> Path:
+    """Servers that get new versions need their own copy: the shared repository stays read-only."""
+    shutil.copytree(repository, destination)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def aegen_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real server on 127.0.0.1 serving the exported digits-vae and digits-ae on CPU."""
+    tmp = tmp_path_factory.mktemp("aegen-server")
+    server = start_aegen_server(copy_repository(model_repository, tmp / "repository"), tmp)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory(model_repository: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """server_factory(*flags, repository=None, wait=True) → RunningServer; all are stopped at teardown."""
+    servers: list[RunningServer] = []
+
+    def start(*flags: str, repository: Path | None = None, wait: bool = True) -> RunningServer:
+        repo = repository or copy_repository(model_repository, tmp_path / f"repository-{len(servers)}")
+        server = launch_aegen_server(repo, tmp_path, *flags)
+        servers.append(server)
+        if wait:
+            wait_until_serving(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
