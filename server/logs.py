@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line (or plain text), with the `extra=` fields of each record."""
+"""Structured logs on stdout: one JSON object per line (or plain text), with the `extra=` fields of each record."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stdout)  # stderr is kept for the one-line fatal error
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -1,0 +1,191 @@
+"""Start-up, shutdown, back-pressure and model updates of a real server process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from export.repository import GRAPH_FILES, VersionWriter, load_version
+from server.client import AegenClient
+from tests.plugins.server import ROOT, launch_aegen_server
+
+VAE = "digits-vae"
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _watch(target: str):
+    """Health updates of the whole server, from the first moment the port answers."""
+    channel = grpc.insecure_channel(target)
+    stub = health_pb2_grpc.HealthStub(channel)
+    return channel, stub.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True, timeout=120)
+
+
+def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repository, tmp_path):
+    # The default --max-batch-size (8192) means fourteen warm-up buckets per decoder: loading takes a while.
+    server = launch_aegen_server(model_repository, tmp_path, "--max-batch-size", "8192")
+    try:
+        channel, updates = _watch(server.target)
+        seen = []
+        for update in updates:
+            seen.append(update.status)
+            if update.status == SERVING:
+                break
+        channel.close()
+        assert seen[0] == NOT_SERVING and seen[-1] == SERVING, seen
+        log = server.log_text()
+        assert log.index('"model version serving"') < log.index('"ready"')
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(server_factory):
+    # Requests wait up to 1 s for company, so they are still queued when SIGTERM arrives.
+    server = server_factory("--max-queue-delay-us", "1000000", "--grace-seconds", "20")
+    channel, updates = _watch(server.target)
+    assert next(updates).status == SERVING
+    with AegenClient(server.target, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        calls = [pool.submit(client.generate, VAE, 10, seed=s) for s in range(8)]
+        _wait_for_metric(server, "aegen_requests_in_flight 8.0")
+        server.process.send_signal(15)
+        assert next(updates).status == NOT_SERVING
+        results = [c.result(timeout=60) for c in calls]
+    channel.close()
+    assert [r.images.shape[0] for r in results] == [10] * 8
+    assert server.process.wait(60) == 0
+    log = server.log_text()
+    assert '"shutting down"' in log and '"stopped"' in log
+
+
+def test_full_queue_answers_resource_exhausted_at_once_without_memory_growth(server_factory):
+    server = server_factory("--max-queue-samples", "64", "--max-samples-per-request", "64",
+                            "--max-queue-delay-us", "300000")
+    with AegenClient(server.target, timeout=60) as client, ThreadPoolExecutor(20) as pool:
+        def flood() -> list[str]:
+            futures = [pool.submit(client.generate, VAE, 16, seed=i) for i in range(20)]
+            return [_code(f) for f in futures]
+
+        codes = flood()
+        rss_after_first = _rss_kib(server.process.pid)
+        for _ in range(5):
+            codes += flood()
+        rss_after_all = _rss_kib(server.process.pid)
+        assert codes.count("OK") >= 6 * 4 and codes.count("RESOURCE_EXHAUSTED") >= 6 * 12
+        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}
+        assert rss_after_all - rss_after_first < 20 * 1024, (rss_after_first, rss_after_all)
+        assert client.generate(VAE, 16, seed=1).images.shape[0] == 16
+    assert "aegen_queue_depth_samples{model=\"digits-vae\"} 0.0" in server.metrics_text()
+
+
+def test_corrupt_version_is_refused_while_the_old_one_serves_then_a_good_one_is_swapped_in(server_factory, tmp_path):
+    server = server_factory("--repository-poll-seconds", "0.2")
+    repository = server.repository
+    with AegenClient(server.target, timeout=30) as client:
+        old = client.generate(VAE, 4, seed=1)
+        corrupt = _publish_copy(repository, VAE, old.model_version)
+        decoder = corrupt.path / GRAPH_FILES["decoder"]
+        data = bytearray(decoder.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        decoder.write_bytes(bytes(data))
+        _wait_for_log(server, "model version refused", corrupt.version)
+        still = client.generate(VAE, 4, seed=1)
+        assert still.model_version == old.model_version and still.images.tobytes() == old.images.tobytes()
+
+        good = _publish_copy(repository, VAE, old.model_version)
+        _wait_until(lambda: client.generate(VAE, 1).model_version == good.version, "the new version to serve")
+        new = client.generate(VAE, 4, seed=1)
+        assert new.images.tobytes() == old.images.tobytes()  # the same graphs under a new number
+        assert client.model_info(VAE).model_version == good.version
+        with pytest.raises(grpc.RpcError) as error:
+            client.generate(VAE, 1, version=old.model_version)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    info = [line for line in server.metrics_text().splitlines() if line.startswith("aegen_model_info{")]
+    assert any(f'version="{good.version}"' in line and VAE in line for line in info)
+    assert not any(f'version="{old.model_version}"' in line and VAE in line for line in info)
+
+
+def test_bad_configuration_is_one_line_on_stderr_and_exit_code_2(model_repository, tmp_path):
+    cases = [
+        ["--port", "not-a-port"],
+        ["--device", "gpu"],
+        ["--workers", "4"],
+        ["--device", "cpu", "--cuda-graphs"],
+        ["--repository", str(tmp_path / "missing"), "--port", "0", "--metrics-port", "0"],
+    ]
+    for flags in cases:
+        result = subprocess.run([sys.executable, "-m", "server", "--repository", str(model_repository), *flags],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (flags, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("aegen-serve: error:"), (flags, result.stderr)
+
+
+def test_environment_variables_configure_the_server(model_repository, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "server", "--repository", str(model_repository)],
+                            env={"PATH": "/usr/bin:/bin", "AEGEN_MAX_BATCH_SIZE": "0"}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--max-batch-size must be at least 1" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _publish_copy(repository: Path, name: str, version: int):
+    """Publish a version's files again as the next version, through the format module."""
+    source = load_version(repository, name, version)
+    with VersionWriter(repository, name) as writer:
+        for entry in source.path.iterdir():
+            if entry.name != "manifest.json":
+                shutil.copy2(entry, writer.path / entry.name)
+        return writer.commit(lambda v: dataclasses.replace(source.manifest, version=v))
+
+
+def _code(future) -> str:
+    try:
+        future.result(timeout=60)
+        return "OK"
+    except grpc.RpcError as error:
+        return error.code().name
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _wait_for_metric(server, line: str) -> None:
+    _wait_until(lambda: line in server.metrics_text(), line)
+
+
+def _wait_for_log(server, message: str, version: int) -> None:
+    def logged() -> bool:
+        for line in server.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("message") == message and entry.get("version") == version:
+                return True
+        return False
+
+    _wait_until(logged, f"log {message!r} for version {version}")
