@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -101,7 +102,9 @@ def write_result(name: str, title: str, body: str, details: dict[str, str], out_
     return path
 
 
-def fmt(value: float, digits: int = 0) -> str:
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
     return f"{value:,.{digits}f}"
 
 
@@ -230,7 +233,7 @@ class BenchModel:
     checkpoint: Path | None  # the checkpoint it was exported from, when known (the PyTorch baseline needs it)
 
 
-def _run(argv: list[str], what: str) -> None:
+def run_tool(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).splitlines()[-10:])
@@ -247,11 +250,11 @@ def bench_model(repository: str | None, name: str | None, checkpoint: str | None
     name = name or DEFAULT_MODEL
     if not (ckpt / "config.json").is_file():
         print(f"training a benchmark model into {ckpt} ...", file=sys.stderr, flush=True)
-        _run([PYTHON, "-m", "training.train", "--kind", "vae", "--arch", "mlp", "--latent-dim", "16",
+        run_tool([PYTHON, "-m", "training.train", "--kind", "vae", "--arch", "mlp", "--latent-dim", "16",
               "--epochs", str(epochs), "--out", str(ckpt), "--no-progress"], "aegen-train")
     if not (repo / name).is_dir():
         print(f"exporting it into {repo} ...", file=sys.stderr, flush=True)
-        _run([PYTHON, "-m", "export.cli", str(ckpt), "--repository", str(repo), "--name", name], "aegen-export")
+        run_tool([PYTHON, "-m", "export.cli", str(ckpt), "--repository", str(repo), "--name", name], "aegen-export")
     return BenchModel(repo, name, ckpt)
 
 

@@ -56,6 +56,7 @@ from protos.aegen.v1 import generator_pb2
 METHOD = "/aegen.v1.GeneratorService/GenerateSamples"
 QUEUE_WAIT_METRIC = "aegen_queue_wait_seconds"
 INFERENCE_METRIC = "aegen_inference_duration_seconds"
+BATCH_SIZE_METRIC = "aegen_batch_size_samples"  # optional: mean samples per decoded batch
 DTYPES = {"uint8": generator_pb2.DTYPE_UINT8, "float32": generator_pb2.DTYPE_FLOAT32}
 SAMPLERS = {
     "standard-normal": generator_pb2.SAMPLER_STANDARD_NORMAL,
@@ -184,6 +185,14 @@ def server_split(before: dict[str, HistogramTotals] | None,
         split[f"{key}_total_s"] = total
     busy = split["queue_wait_total_s"] + split["inference_total_s"]
     split["queue_wait_share"] = split["queue_wait_total_s"] / busy if busy > 0 else float("nan")
+    # Each request's queue wait is observed once and each batch's inference once: their ratio is the
+    # number of requests a batch served.
+    batches = split["inference_count"]
+    split["requests_per_batch"] = split["queue_wait_count"] / batches if batches > 0 else float("nan")
+    if BATCH_SIZE_METRIC in after and BATCH_SIZE_METRIC in before:
+        count = after[BATCH_SIZE_METRIC].count - before[BATCH_SIZE_METRIC].count
+        total = after[BATCH_SIZE_METRIC].total - before[BATCH_SIZE_METRIC].total
+        split["batch_mean_samples"] = total / count if count > 0 else float("nan")
     return split
 
 
@@ -392,7 +401,8 @@ class LevelResult:
                                if k not in ("latency_ms", "errors", "server", "first_error")}
         row.update({f"latency_{k}_ms": v for k, v in self.latency_ms.items()})
         row["errors"] = ";".join(f"{k}={v}" for k, v in sorted(self.errors.items()))
-        for key in ("queue_wait_mean_ms", "inference_mean_ms", "queue_wait_share", "inference_count"):
+        for key in ("queue_wait_mean_ms", "inference_mean_ms", "queue_wait_share", "inference_count",
+                    "requests_per_batch", "batch_mean_samples"):
             row[f"server_{key}"] = (self.server or {}).get(key, "")
         return row
 
@@ -455,7 +465,7 @@ class _MetricsWindow:
     def scrape(self) -> dict[str, HistogramTotals] | None:
         if self.url is None:
             return None
-        return scrape_histograms(self.url, (QUEUE_WAIT_METRIC, INFERENCE_METRIC))
+        return scrape_histograms(self.url, (QUEUE_WAIT_METRIC, INFERENCE_METRIC, BATCH_SIZE_METRIC))
 
 
 def _run_level(config: LoadTestConfig, level: float, pool: concurrent.futures.Executor | None,

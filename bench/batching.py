@@ -1,0 +1,100 @@
+"""Benchmark c: dynamic batching on vs off, and against the obvious alternative: a synchronous grpcio
+server calling the PyTorch decoder per request (bench/baseline_torch_server.py).
+
+Server settings compared:
+  batching on (default)   --max-queue-delay-us 2000 --max-batch-size 8192
+  greedy                  --max-queue-delay-us 0    (merges only what is already queued)
+  batching off            --max-queue-delay-us 0 --max-batch-size N (each request its own batch)
+
+Targets: >= 3x the baseline's samples/s at N = 1 with 64 in flight, >= 2x at N = 1024.
+
+    python -m bench.batching [--repository R --model M --checkpoint C] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.common import (
+    RESULTS_DIR,
+    BenchError,
+    add_model_arguments,
+    bench_model,
+    fmt,
+    load,
+    machine_details,
+    markdown_table,
+    serve_baseline,
+    serve_model,
+    write_result,
+)
+from server.loadtest import LevelResult
+
+# (N, calls in flight, target multiple of the baseline)
+LOADS = ((1, 64, 3.0), (1024, 4, 2.0))
+
+
+def _settings(n: int) -> dict[str, list[str]]:
+    return {
+        "aegen, batching on (default)": [],
+        "aegen, greedy (delay 0)": ["--max-queue-delay-us", "0"],
+        "aegen, batching off": ["--max-queue-delay-us", "0", "--max-batch-size", str(n)],
+    }
+
+
+def _row(name: str, n: int, in_flight: int, level: LevelResult, baseline: float | None) -> list[object]:
+    split = level.server or {}
+    return [name, n, in_flight, fmt(level.samples_per_s), fmt(level.latency_ms["p50"], 2),
+            fmt(level.latency_ms["p99"], 2), fmt(split.get("batch_mean_samples", float("nan")), 1),
+            "1.00" if baseline is None else fmt(level.samples_per_s / baseline, 2), sum(level.errors.values())]
+
+
+def run(args: argparse.Namespace) -> Path:
+    details = machine_details()
+    model = bench_model(args.repository, args.model, args.checkpoint)
+    if model.checkpoint is None:
+        raise BenchError("the PyTorch baseline needs the checkpoint the model was exported from: pass --checkpoint")
+    rows, verdicts = [], []
+    for n, in_flight, target in LOADS:
+        with serve_baseline(model.checkpoint) as baseline_server:
+            (base,) = load(baseline_server.target, num_samples=n, concurrency=(in_flight,), duration=args.duration,
+                           warmup=args.warmup, model=model.name).levels
+        rows.append(_row("baseline: sync grpcio + PyTorch, per request", n, in_flight, base, None))
+        for name, extra in _settings(n).items():
+            with serve_model(model.repository, extra) as server:
+                (level,) = load(server.target, num_samples=n, concurrency=(in_flight,), duration=args.duration,
+                                warmup=args.warmup, model=model.name, metrics_url=server.metrics_url).levels
+            rows.append(_row(name, n, in_flight, level, base.samples_per_s))
+            if extra == []:
+                multiple = level.samples_per_s / base.samples_per_s
+                verdicts.append(f"- N = {n}, {in_flight} in flight: {multiple:.2f}x the baseline (target >= "
+                                f"{target:g}x: {'met' if multiple >= target else 'missed'})")
+    table = markdown_table(["server", "N", "in flight", "samples/s", "p50 ms", "p99 ms",
+                            "samples per batch (server)", "x baseline", "errors"], rows)
+    body = (f"Closed loop, uint8, {args.duration:g} s per level after {args.warmup:g} s warm-up, one client "
+            f"process on the same 2 cores as the server; each server is started fresh for its row. The baseline "
+            f"is a `grpc.server(ThreadPoolExecutor(10))` decoding each request with PyTorch (default threads). "
+            f"Samples per batch: the server's aegen_batch_size_samples histogram over the window.\n\n"
+            f"{table}\n" + "\n".join(verdicts) + "\n")
+    return write_result("batching", "Benchmark c: dynamic batching, and the PyTorch baseline", body, details,
+                        args.out_dir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per level")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

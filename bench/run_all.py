@@ -1,0 +1,62 @@
+"""Run every benchmark in turn (a: ceiling vs service, b: small requests, c: batching, d: memory,
+e: training and export) and write their tables under docs/benchmarks/. `make bench` runs this.
+
+    python -m bench.run_all [--repository R --model M --checkpoint C] [--only a,b] [--quick]
+
+--quick shortens every measurement (to check that the benchmarks run, not to quote their numbers).
+The benchmarks share the machine's cores with their own client: run them on an otherwise quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bench import batching, ceiling_vs_service, memory, small_requests, train_export
+from bench.common import BenchError, add_model_arguments, bench_model
+
+BENCHMARKS = {
+    "a": ceiling_vs_service,
+    "b": small_requests,
+    "c": batching,
+    "d": memory,
+    "e": train_export,
+}
+QUICK = {"a": ["--duration", "1", "--warmup", "0.3"], "b": ["--duration", "1", "--warmup", "0.3"],
+         "c": ["--duration", "1", "--warmup", "0.3"], "d": ["--duration", "5", "--warmup", "2"],
+         "e": ["--limit", "1000"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated benchmark letters")
+    p.add_argument("--quick", action="store_true", help="short measurements, to check the benchmarks run")
+    args = p.parse_args(argv)
+    letters = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = [x for x in letters if x not in BENCHMARKS]
+    if unknown:
+        print(f"run_all: error: unknown benchmark(s) {unknown}; choose from {','.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    try:
+        # Train and export the shared model once, up front, so that no benchmark's numbers include it.
+        model = bench_model(args.repository, args.model, args.checkpoint)
+        shared = ["--repository", str(model.repository), "--model", model.name]
+        if model.checkpoint:
+            shared += ["--checkpoint", str(model.checkpoint)]
+        for letter in letters:
+            module = BENCHMARKS[letter]
+            extra = (QUICK[letter] if args.quick else []) + (shared if letter != "e" else [])
+            start = time.perf_counter()
+            print(f"== benchmark {letter}: {module.__name__}", file=sys.stderr, flush=True)
+            path = module.run(module.parser().parse_args(extra))
+            print(f"== benchmark {letter} wrote {path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    except BenchError as exc:
+        print(f"run_all: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
