@@ -14,18 +14,18 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_GAUSSIAN: _ClassVar[Sampler]
     SAMPLER_MIXTURE: _ClassVar[Sampler]
 
-class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DTYPE_UNSPECIFIED: _ClassVar[DType]
-    DTYPE_UINT8: _ClassVar[DType]
-    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_UINT8: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
 SAMPLER_UNSPECIFIED: Sampler
 SAMPLER_STANDARD_NORMAL: Sampler
 SAMPLER_GAUSSIAN: Sampler
 SAMPLER_MIXTURE: Sampler
-DTYPE_UNSPECIFIED: DType
-DTYPE_UINT8: DType
-DTYPE_FLOAT32: DType
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_UINT8: Dtype
+DTYPE_FLOAT32: Dtype
 
 class GenerateSamplesRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "num_samples", "seed", "temperature", "sampler", "output_dtype", "return_latents")
@@ -43,9 +43,9 @@ class GenerateSamplesRequest(_message.Message):
     seed: int
     temperature: float
     sampler: Sampler
-    output_dtype: DType
+    output_dtype: Dtype
     return_latents: bool
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., return_latents: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., output_dtype: _Optional[_Union[Dtype, str]] = ..., return_latents: _Optional[bool] = ...) -> None: ...
 
 class GenerateSamplesResponse(_message.Message):
     __slots__ = ("shape", "dtype", "samples", "latents", "latents_shape", "model_name", "model_version", "sampler", "seed")
@@ -59,7 +59,7 @@ class GenerateSamplesResponse(_message.Message):
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     samples: bytes
     latents: bytes
     latents_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -67,7 +67,7 @@ class GenerateSamplesResponse(_message.Message):
     model_version: int
     sampler: Sampler
     seed: int
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., samples: _Optional[bytes] = ..., latents: _Optional[bytes] = ..., latents_shape: _Optional[_Iterable[int]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., samples: _Optional[bytes] = ..., latents: _Optional[bytes] = ..., latents_shape: _Optional[_Iterable[int]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class StreamSamplesRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "num_samples", "seed", "temperature", "sampler", "output_dtype", "return_latents", "chunk_samples")
@@ -86,10 +86,10 @@ class StreamSamplesRequest(_message.Message):
     seed: int
     temperature: float
     sampler: Sampler
-    output_dtype: DType
+    output_dtype: Dtype
     return_latents: bool
     chunk_samples: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., return_latents: _Optional[bool] = ..., chunk_samples: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., output_dtype: _Optional[_Union[Dtype, str]] = ..., return_latents: _Optional[bool] = ..., chunk_samples: _Optional[int] = ...) -> None: ...
 
 class StreamSamplesResponse(_message.Message):
     __slots__ = ("shape", "dtype", "samples", "latents", "latents_shape", "offset", "model_name", "model_version", "sampler", "seed")
@@ -104,7 +104,7 @@ class StreamSamplesResponse(_message.Message):
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     samples: bytes
     latents: bytes
     latents_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -113,7 +113,7 @@ class StreamSamplesResponse(_message.Message):
     model_version: int
     sampler: Sampler
     seed: int
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., samples: _Optional[bytes] = ..., latents: _Optional[bytes] = ..., latents_shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., samples: _Optional[bytes] = ..., latents: _Optional[bytes] = ..., latents_shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("model_name", "model_version", "shape", "dtype", "images")
@@ -125,9 +125,9 @@ class EncodeRequest(_message.Message):
     model_name: str
     model_version: int
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     images: bytes
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., images: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., images: _Optional[bytes] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("shape", "latents", "log_variance", "model_name", "model_version")
@@ -154,10 +154,10 @@ class ReconstructRequest(_message.Message):
     model_name: str
     model_version: int
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     images: bytes
-    output_dtype: DType
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., images: _Optional[bytes] = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    output_dtype: Dtype
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., images: _Optional[bytes] = ..., output_dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
     __slots__ = ("shape", "dtype", "images", "model_name", "model_version")
@@ -167,11 +167,11 @@ class ReconstructResponse(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
+    dtype: Dtype
     images: bytes
     model_name: str
     model_version: int
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., images: _Optional[bytes] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ..., images: _Optional[bytes] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
