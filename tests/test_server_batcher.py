@@ -1,0 +1,119 @@
+"""The batcher on its own (no gRPC), decoding with the real exported decoders on CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from export.repository import load_version
+from server.batcher import Batcher, BatcherConfig
+from server.errors import DeadlineExceeded, QueueFull
+from server.runner import DecoderRunner, Device, ExecutionConfig
+
+
+class Recorder:
+    """A BatchObserver that keeps what it saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.depth = 0
+
+    def queue_depth_changed(self, delta_samples: int) -> None:
+        self.depth += delta_samples
+
+    def queue_waited(self, seconds: float) -> None:
+        pass
+
+    def batch_decoded(self, samples: int, seconds: float) -> None:
+        self.batches.append(samples)
+
+
+@pytest.fixture(scope="module")
+def vae(model_repository):
+    version = load_version(model_repository, "digits-vae")
+    device = Device("cpu", ExecutionConfig(device="cpu", intra_op_threads=1))
+    m = version.manifest
+    decoders = {dtype: DecoderRunner(version.graph_path(key), device, m.latent_dim, tuple(m.image_shape),
+                                     np.dtype(dtype), 64)
+                for dtype, key in (("uint8", "decoder_uint8"), ("float32", "decoder"))}
+    return version, decoders
+
+
+def _latents(version, seed: int, n: int):
+    return lambda: version.sample_latents("standard_normal", np.random.Generator(np.random.PCG64(seed)), n)
+
+
+def _run(decoders, body, **config):
+    async def main():
+        recorder = Recorder()
+        batcher = Batcher(decoders, BatcherConfig(**{"max_batch_size": 64, **config}), recorder)
+        batcher.start()
+        try:
+            return await body(batcher), recorder
+        finally:
+            await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_same_seed_same_samples_when_batched(vae):
+    version, decoders = vae
+
+    async def alone(batcher):
+        return (await batcher.submit(20, _latents(version, 9, 20), "float32")).images
+
+    async def crowded(batcher):
+        futures = [batcher.submit(n, _latents(version, seed, n), "float32")
+                   for seed, n in ((1, 7), (2, 30), (9, 20), (3, 50), (4, 1))]
+        return (await asyncio.gather(*futures))[2].images
+
+    reference, _ = _run(decoders, alone, max_queue_delay_us=0)
+    batched, recorder = _run(decoders, crowded, max_queue_delay_us=200_000)
+    assert batched.tobytes() == reference.tobytes()
+    assert len(recorder.batches) < 5  # they really were merged
+
+
+def test_request_larger_than_a_batch_is_split_and_reassembled(vae):
+    version, decoders = vae
+
+    async def body(batcher):
+        return (await batcher.submit(150, _latents(version, 5, 150), "uint8")).images
+
+    images, recorder = _run(decoders, body)
+    whole = np.empty((150, 1, 28, 28), np.uint8)
+    decoders["uint8"].decode_into(_latents(version, 5, 150)(), whole)
+    assert recorder.batches == [64, 64, 22]
+    assert images.tobytes() == whole.tobytes()
+
+
+def test_cancelled_and_expired_requests_are_dropped_before_decoding(vae):
+    version, decoders = vae
+
+    async def body(batcher):
+        cancelled = batcher.submit(10, _latents(version, 1, 10), "uint8")
+        expired = batcher.submit(11, _latents(version, 2, 11), "uint8", deadline=time.monotonic() + 0.01)
+        kept = batcher.submit(5, _latents(version, 3, 5), "uint8")
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        with pytest.raises(DeadlineExceeded):
+            await expired
+        return (await kept).images.shape[0]
+
+    kept, recorder = _run(decoders, body, max_queue_delay_us=200_000)
+    assert kept == 5 and recorder.batches == [5] and recorder.depth == 0
+
+
+def test_full_queue_raises_queue_full_at_once_and_forgets_nothing(vae):
+    version, decoders = vae
+
+    async def body(batcher):
+        first = batcher.submit(60, _latents(version, 1, 60), "uint8")
+        with pytest.raises(QueueFull):
+            batcher.submit(10, _latents(version, 2, 10), "uint8")
+        return (await first).images.shape[0]
+
+    n, recorder = _run(decoders, body, max_queue_samples=64, max_queue_delay_us=100_000)
+    assert n == 60 and recorder.depth == 0

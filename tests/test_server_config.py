@@ -1,0 +1,57 @@
+"""ServerConfig: flags win over AEGEN_* variables, which win over defaults; bad values are refused clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from server.config import ConfigError, ServerConfig, flag_table
+
+
+def test_defaults_are_the_documented_ones():
+    config = ServerConfig.from_args([], {})
+    assert (config.repository, config.port, config.metrics_port, config.device) == ("/models", 50051, 9464, "auto")
+    assert (config.max_batch_size, config.max_queue_delay_us, config.max_queue_samples) == (8192, 2000, 262144)
+    assert (config.max_samples_per_request, config.max_samples_per_stream) == (65536, 4194304)
+    assert (config.log_format, config.cudnn_conv_algo_search, config.workers, config.cuda_graphs) == (
+        "json", "HEURISTIC", 1, False)
+
+
+def test_flag_wins_over_environment_which_wins_over_default():
+    env = {"AEGEN_PORT": "6000", "AEGEN_MAX_BATCH_SIZE": "512", "AEGEN_MODELS": "a, b", "AEGEN_CUDA_GRAPHS": "true"}
+    config = ServerConfig.from_args(["--port", "7000", "--device", "cpu", "--no-cuda-graphs"], env)
+    assert (config.port, config.max_batch_size, config.models, config.cuda_graphs) == (7000, 512, ("a", "b"), False)
+
+
+def test_flag_table_lists_every_field_with_its_environment_variable():
+    table = flag_table()
+    assert [flag for flag, _, _ in table] == ["--" + f.name.replace("_", "-")
+                                              for f in dataclasses.fields(ServerConfig)]
+    rows = {flag: (env, default) for flag, env, default in table}
+    assert rows["--max-queue-delay-us"] == ("AEGEN_MAX_QUEUE_DELAY_US", "2000")
+    assert rows["--tls-cert"] == ("AEGEN_TLS_CERT", "")
+    assert rows["--cuda-graphs"] == ("AEGEN_CUDA_GRAPHS", "off")
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--port", "70000"], {}, "--port"),
+    (["--max-batch-size", "0"], {}, "--max-batch-size"),
+    ([], {"AEGEN_MAX_QUEUE_DELAY_US": "soon"}, "AEGEN_MAX_QUEUE_DELAY_US"),
+    (["--device", "tpu"], {}, "--device"),
+    (["--tls-cert", "cert.pem"], {}, "--tls-key"),
+    (["--max-queue-samples", "10"], {}, "--max-queue-samples"),
+    (["--grace-seconds", "nan"], {}, "--grace-seconds"),
+    (["--device", "cpu", "--gpu-mem-limit", "1000"], {}, "--gpu-mem-limit"),
+    (["--workers", "2"], {}, "--workers"),
+    (["--no-such-flag"], {}, "--no-such-flag"),
+])
+def test_bad_values_raise_config_error_naming_the_setting(argv, env, words):
+    with pytest.raises(ConfigError, match=words):
+        ServerConfig.from_args(argv, env)
+
+
+def test_message_limit_fits_the_largest_float32_answer():
+    config = ServerConfig.from_args(["--max-samples-per-request", "1000"], {})
+    assert config.max_message_bytes() >= 1000 * 784 * 4 + 1000 * 16 * 4
+    assert ServerConfig.from_args([], {}).max_message_bytes() <= 2**31 - 1
