@@ -189,3 +189,29 @@ def _wait_for_log(server, message: str, version: int) -> None:
         return False
 
     _wait_until(logged, f"log {message!r} for version {version}")
+
+
+def test_tls_server_answers_a_client_that_trusts_its_certificate(server_factory, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server = server_factory("--tls-cert", str(cert), "--tls-key", str(key), wait=False)
+    with AegenClient(server.target, root_certificates=cert.read_bytes(), timeout=30) as client:
+        _wait_until(lambda: _serving_over_tls(server.target, cert.read_bytes()), "the TLS server to serve")
+        assert client.generate(VAE, 3, seed=1).images.shape[0] == 3
+    with AegenClient(server.target, timeout=5) as plaintext:
+        with pytest.raises(grpc.RpcError):
+            plaintext.list_models()
+
+
+def _serving_over_tls(target: str, root: bytes) -> bool:
+    with grpc.secure_channel(target, grpc.ssl_channel_credentials(root)) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+        except grpc.RpcError:
+            return False
+    return status == SERVING
