@@ -533,15 +533,19 @@ class VersionWriter:
         self.name = _check_name(name)
         self.path: Path | None = None
         self._committed: ModelVersion | None = None
+        self._created: list[Path] = []
 
     def __enter__(self) -> "VersionWriter":
         if self.repository.exists() and not self.repository.is_dir():
             raise RepositoryError(f"{self.repository}: is not a directory (expected a model repository)")
         model_dir = self.repository / self.name
+        # Directories made here are removed again if nothing gets published: a failed export leaves no trace.
+        self._created = [p for p in [model_dir, *model_dir.parents] if not p.exists()]
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=model_dir))
         except OSError as exc:
+            self._remove_created()
             raise RepositoryError(f"{model_dir}: cannot create a version directory ({exc.strerror})") from None
         os.chmod(self.path, 0o755)  # mkdtemp makes it 0700; a published version should be readable
         return self
@@ -574,6 +578,14 @@ class VersionWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._committed is None and self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for directory in self._created:  # innermost first; rmdir keeps anything another writer put there
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -1,0 +1,258 @@
+"""Checkpoint → a verified, published model repository version.
+
+Everything is built and verified in memory first; only then is the version written through
+export.repository.VersionWriter, so a failure at any step leaves nothing visible in the repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export.latent_samplers import MixtureFit, fit_samplers
+from export.onnx_graphs import DEFAULT_OPSET, ExportedGraph, ExportError, build_graphs, graph_io
+from export.repository import (
+    GRAPH_FILES,
+    SAMPLERS,
+    SAMPLERS_FILE,
+    GraphInfo,
+    LatentSamplers,
+    Manifest,
+    ModelVersion,
+    RepositoryError,
+    VersionWriter,
+    file_sha256,
+    load_version,
+    sample_latents,
+    write_samplers,
+)
+from export.verify import VerifyConfig, verify_graphs
+from training.checkpoint import CheckpointConfig, load_model, weights_sha256
+from training.data import filter_classes, load_dataset, to_unit_float, train_val_split
+from training.models import VAE, AutoEncoder
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path
+    repository: Path
+    name: str
+    fp16: bool = False
+    opset: int = DEFAULT_OPSET
+    components: int = 10  # Gaussian mixture components of the ex-post sampler
+    seed: int = 0  # EM initialisation, verification seeds, validity seeds
+    data_dir: Path | None = None  # IDX directory for mnist / fashion-mnist checkpoints
+    quality_samples: int = 1000  # images per sampler for the validity report; 0 skips it
+    threads: int | None = None  # torch and onnxruntime CPU threads; None leaves torch's default
+    progress: bool = True
+    exporter: str = "auto"  # "auto" (dynamo, else TorchScript) | "dynamo" | "torchscript"
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
+    """Export, verify, fit samplers, publish. Raises CheckpointError, DataError, ExportError,
+    VerificationError, SamplerFitError or RepositoryError; on any of them nothing is published."""
+    check_destination(config.repository, config.name)
+    threads = config.threads or torch.get_num_threads()
+    verify_config = dataclasses.replace(config.verify, threads=threads, seed=config.seed)
+    with _torch_threads(config.threads), tqdm(total=6, desc="export", unit="step", disable=not config.progress,
+                                             file=sys.stderr) as bar:
+        bar.set_postfix_str("checkpoint")
+        model, checkpoint = load_model(config.checkpoint)
+        checkpoint_sha = weights_sha256(config.checkpoint)
+        train_images, val_images = _split(checkpoint, config.data_dir)
+        bar.update()
+        bar.set_postfix_str("ONNX graphs")
+        graphs = build_graphs(model, checkpoint.model, config.opset, config.fp16,
+                              metadata={"model_name": config.name, "checkpoint_sha256": checkpoint_sha},
+                              exporter=config.exporter)
+        serialized = {key: graph.proto.SerializeToString() for key, graph in graphs.items()}
+        bar.update()
+        bar.set_postfix_str("verification")
+        verification = verify_graphs(serialized, model, val_images, verify_config)
+        verification["exporter"] = sorted({g.exporter for g in graphs.values()})
+        bar.update()
+        bar.set_postfix_str("latent samplers")
+        latents = encode_latents(model, train_images)
+        samplers, mixture = fit_samplers(latents, components=config.components, seed=config.seed)
+        verification["latent_samplers"] = _sampler_report(latents, mixture)
+        bar.update()
+        bar.set_postfix_str("sample quality")
+        quality = sample_quality(serialized["decoder"], samplers, val_images, checkpoint,
+                                 config.quality_samples, config.seed, threads)
+        verification["sample_quality"] = quality
+        bar.update()
+        bar.set_postfix_str("publish")
+        version = _publish(config, checkpoint, checkpoint_sha, graphs, serialized, samplers, verification)
+        bar.update()
+    _log_report(log, version, verification)
+    return version
+
+
+def check_destination(repository: Path, name: str) -> None:
+    """Fail before the slow work if the version could not be written anyway."""
+    VersionWriter(repository, name)  # validates the model name
+    if repository.exists() and not repository.is_dir():
+        raise RepositoryError(f"{repository}: is not a directory (expected a model repository)")
+    existing = next(p for p in [repository / name, *(repository / name).parents] if p.exists())
+    if not existing.is_dir():
+        raise RepositoryError(f"{existing}: is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RepositoryError(f"{existing}: not writable")
+
+
+def _split(checkpoint: CheckpointConfig, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's own training and validation images, split as training split them."""
+    dataset = filter_classes(load_dataset(checkpoint.dataset, data_dir, "train"), checkpoint.classes)
+    split = train_val_split(dataset, checkpoint.val_fraction, checkpoint.seed)
+    return to_unit_float(split.train_images), to_unit_float(split.val_images)
+
+
+@torch.no_grad()
+def encode_latents(model: AutoEncoder, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The training latents: z for an AE, the posterior means M for a VAE (float64 (n, d))."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        code = model.encode(torch.from_numpy(images[start:start + batch_size]))
+        chunks.append((code[0] if isinstance(model, VAE) else code).numpy())
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def _sampler_report(latents: np.ndarray, mixture: MixtureFit) -> dict:
+    return {"fitted_on": int(len(latents)), "components": int(len(mixture.weights)),
+            "em_iterations": mixture.iterations, "em_converged": mixture.converged,
+            "mean_log_likelihood": round(mixture.mean_log_likelihood, 6),
+            "weights": [round(float(w), 6) for w in mixture.weights]}
+
+
+def sample_quality(decoder: bytes, samplers: LatentSamplers, val_images: np.ndarray,
+                   checkpoint: CheckpointConfig, samples: int, seed: int, threads: int) -> dict:
+    """Validity etc. (training.evaluate.sample_metrics) of images decoded by the exported decoder from each
+    sampler's seeds, drawn exactly as the server draws them. Skipped, with the reason, when it cannot run."""
+    if samples <= 0:
+        return {"skipped": "disabled (--quality-samples 0)"}
+    if checkpoint.dataset not in ("digits", "mnist"):
+        return {"skipped": f"the digit classifier does not judge {checkpoint.dataset} images"}
+    try:
+        from training.evaluate import load_classifier, sample_metrics
+        classifier = load_classifier()
+    except Exception as exc:  # noqa: BLE001 — the report is optional; a missing classifier must not block
+        return {"skipped": f"classifier unavailable ({type(exc).__name__}: {str(exc).strip()[:200]})"}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(decoder, options, providers=["CPUExecutionProvider"])
+    report: dict = {"samples": samples, "seed": seed}
+    for sampler in SAMPLERS:
+        latents = sample_latents(samplers, sampler, np.random.default_rng(seed), samples)
+        (images,) = session.run(None, {session.get_inputs()[0].name: latents})
+        metrics = sample_metrics(np.clip(images, 0.0, 1.0), val_images, classifier=classifier)
+        report[sampler] = {k: round(float(v), 6) for k, v in metrics.items()}
+    return report
+
+
+def _publish(config: ExportConfig, checkpoint: CheckpointConfig, checkpoint_sha: str,
+             graphs: dict[str, ExportedGraph], serialized: dict[str, bytes], samplers: LatentSamplers,
+             verification: dict) -> ModelVersion:
+    protos = [g.proto for g in graphs.values()]
+    with VersionWriter(config.repository, config.name) as writer:
+        infos = {}
+        for key, data in serialized.items():
+            path = writer.path / GRAPH_FILES[key]
+            path.write_bytes(data)
+            inputs, outputs, dtype = graph_io(graphs[key].proto)
+            infos[key] = GraphInfo(GRAPH_FILES[key], file_sha256(path), inputs, outputs, dtype)
+        write_samplers(writer.path / SAMPLERS_FILE, samplers)
+        manifest = Manifest(
+            name=config.name, version=1, kind=checkpoint.model.kind, latent_dim=checkpoint.model.latent_dim,
+            image_shape=checkpoint.model.image_shape, value_range=(0.0, 1.0), dataset=checkpoint.dataset,
+            classes=checkpoint.classes, graphs=infos, samplers=SAMPLERS,
+            opset=max(_default_opset(p) for p in protos), ir_version=max(p.ir_version for p in protos),
+            checkpoint_sha256=checkpoint_sha, library_versions=library_versions(),
+            training=_training_record(checkpoint, config.checkpoint), verification=verification,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            samplers_sha256=file_sha256(writer.path / SAMPLERS_FILE))
+        committed = writer.commit(manifest)
+    return load_version(config.repository, config.name, committed.version)  # read back as the server will
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _training_record(checkpoint: CheckpointConfig, directory: Path) -> dict:
+    config = dataclasses.asdict(checkpoint)
+    metrics, history = config.pop("metrics"), config.pop("history")
+    return {"checkpoint": str(directory), "config": config, "metrics": metrics, "epochs_trained": len(history)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": ort.__version__, "numpy": np.__version__}
+    try:
+        import onnxscript
+        versions["onnxscript"] = onnxscript.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _log_report(log: Log, version: ModelVersion, verification: dict) -> None:
+    m = version.manifest
+    log(f"exported {m.name} version {m.version} ({m.kind}, latent {m.latent_dim}) to {version.path}")
+    log(f"  graphs: {', '.join(sorted(m.graphs))}; opset {m.opset}, IR {m.ir_version}; "
+        f"exporter {'/'.join(verification['exporter'])}")
+    for key in ("encoder", "decoder", "decoder_fp16"):
+        if key in verification:
+            worst = max(_worst(v["max_abs_diff"]) for v in verification[key].values())
+            log(f"  {key:<14} max |onnxruntime − torch| {worst:.2e} at batches {verification['batch_sizes']}")
+    near = sum(v["differ_near_boundary"] for v in verification["decoder_uint8"].values())
+    log(f"  decoder_uint8  equal to round(fp32·255) (half to even); {near} pixel(s) differ within "
+        f"{verification['tolerances']['uint8_boundary_margin']:g} of a rounding boundary")
+    fit = verification["latent_samplers"]
+    log(f"  samplers: gaussian + {fit['components']}-component mixture on {fit['fitted_on']} training latents "
+        f"(EM {fit['em_iterations']} iterations, converged {fit['em_converged']})")
+    quality = verification["sample_quality"]
+    if "skipped" in quality:
+        log(f"  sample quality: skipped, {quality['skipped']}")
+        return
+    log(f"  sample quality of {quality['samples']} decoded seeds per sampler:")
+    log(f"    {'sampler':<16}{'validity':>9}{'coverage':>9}{'FCD':>9}{'IS':>7}")
+    for sampler in SAMPLERS:
+        q = quality[sampler]
+        log(f"    {sampler:<16}{q['validity']:>9.3f}{q['coverage']:>9.3f}{q['fcd']:>9.2f}{q['inception_score']:>7.2f}")
+
+
+def _worst(diffs: float | dict) -> float:
+    return max(diffs.values()) if isinstance(diffs, dict) else diffs
+
+
+class _torch_threads:
+    """Set torch's CPU threads for the export, and put the caller's setting back afterwards."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads, self.previous = threads, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.previous)
+
+
+__all__ = ["ExportConfig", "export_checkpoint", "check_destination", "encode_latents", "sample_quality",
+           "library_versions", "ExportError"]
