@@ -141,3 +141,20 @@ def test_console_script_trains_and_reports_the_checkpoint(tmp_path: Path) -> Non
     assert f"checkpoint {out}" in result.stdout and "val_reconstruction" in result.stdout
     assert "epoch 1" in result.stderr  # the progress bar and the epoch summary go to stderr
     assert ckpt.read_config(out).classes == (1, 8)
+
+
+def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from training.demo import DemoConfig, run
+
+    config = DemoConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"), epochs=1, hidden_dim=32)
+    grid = run(config)
+    assert grid == tmp_path / "out" / "samples.png"
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 10_000
+    trained = weights(tmp_path / "run")
+    assert "training a VAE" in capsys.readouterr().out
+    run(config)
+    assert "reusing the trained VAE" in capsys.readouterr().out
+    assert weights(tmp_path / "run") == trained
+    run(DemoConfig(**{**config.__dict__, "epochs": 2}))  # a different budget does not reuse it
+    assert "training a VAE" in capsys.readouterr().out
