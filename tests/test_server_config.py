@@ -55,3 +55,11 @@ def test_message_limit_fits_the_largest_float32_answer():
     config = ServerConfig.from_args(["--max-samples-per-request", "1000"], {})
     assert config.max_message_bytes() >= 1000 * 784 * 4 + 1000 * 16 * 4
     assert ServerConfig.from_args([], {}).max_message_bytes() <= 2**31 - 1
+
+
+def test_docs_list_every_flag_with_its_variable_and_default():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    for flag, env, default in flag_table():
+        assert f"| `{flag}` | `{env}` | `{default}` |" in doc, flag
