@@ -158,3 +158,16 @@ def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Pa
     assert weights(tmp_path / "run") == trained
     run(DemoConfig(**{**config.__dict__, "epochs": 2}))  # a different budget does not reuse it
     assert "training a VAE" in capsys.readouterr().out
+
+
+def test_cli_does_not_replace_an_existing_checkpoint_unless_asked(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = train(tiny(tmp_path, "kept"))
+    before = weights(out)
+    argv = ["--latent-dim", "4", "--hidden-dim", "32", "--limit", "600", "--batch-size", "50", "--seed", "5",
+            "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1"]
+    assert run_cli(argv) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert weights(out) == before
+    assert run_cli([*argv, "--overwrite"]) == 0
+    assert weights(out) != before and ckpt.read_config(out).seed == 5

@@ -239,7 +239,8 @@ def _config(options: TrainOptions, epochs: int, metrics: dict[str, float],
 def train(options: TrainOptions) -> Path:
     """Train as `options` say and return the checkpoint directory (options.out).
 
-    The checkpoint is rewritten after every epoch, so an interrupted run can be resumed.
+    The checkpoint is rewritten after every epoch, so an interrupted run can be resumed. Without
+    `resume`, a checkpoint already in options.out is replaced (the CLI asks for --overwrite first).
     Raises TrainError, DataError or CheckpointError with a one-line message.
     """
     check_options(options)
@@ -247,6 +248,8 @@ def train(options: TrainOptions) -> Path:
         options = dataclasses.replace(options, classes=tuple(sorted(set(options.classes))))
     device = resolve_device(options.device)
     out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: exists and is not a directory")
     resumed = _resume_state(options, out) if options.resume else None
     split = prepare_data(options)
     with _torch_settings(device, options.threads):
@@ -338,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
     p.add_argument("--out", default=d.out, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS"),
                    help="torch CPU threads (env AEGEN_THREADS)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -345,9 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = TrainOptions(**vars(args))
+    args = vars(build_parser().parse_args(argv))
+    overwrite = args.pop("overwrite")
+    options = TrainOptions(**args)
     try:
+        if not (options.resume or overwrite) and (Path(options.out) / ckpt.CONFIG_FILE).exists():
+            raise TrainError(f"--out {options.out} already holds a checkpoint; pass --resume to continue it "
+                             f"or --overwrite to replace it")
         out = train(options)
         config = ckpt.read_config(out)
     except (TrainError, DataError, CheckpointError) as exc:
