@@ -145,7 +145,7 @@ def test_cli_reports_a_truncated_file_in_one_line_with_exit_code_2(idx_dir: Path
     result = subprocess.run(
         [sys.executable, "-m", "training.train", "--dataset", "mnist", "--data-dir", str(idx_dir),
          "--out", str(out), "--epochs", "1"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -220,6 +220,6 @@ def test_split_is_deterministic_disjoint_and_complete(digits) -> None:
     assert not np.array_equal(a.val_images, c.val_images)
     assert len(a.val_labels) == 1000 and len(a.train_labels) == 9000
     # Every image lands in exactly one part: compare the multisets of (label, pixel sum) fingerprints.
-    fingerprint = lambda imgs, labels: sorted(zip(labels.tolist(), imgs.reshape(len(imgs), -1).sum(1).tolist()))  # noqa: E731
+    fingerprint = lambda imgs, labels: sorted(zip(labels.tolist(), imgs.reshape(len(imgs), -1).sum(1).tolist()))
     both = fingerprint(np.concatenate([a.train_images, a.val_images]), np.concatenate([a.train_labels, a.val_labels]))
     assert both == fingerprint(digits.images, digits.labels.astype(np.int64))
