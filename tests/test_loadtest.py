@@ -1,6 +1,7 @@
-"""aegen-loadtest against a real server on 127.0.0.1: it finishes by itself with zero errors, writes JSON,
-CSV and PNG that parse, reads the server's split between queue wait and inference from /metrics, and
-refuses bad flags and unreachable targets with one line and exit code 2. No timing asserts."""
+"""aegen-loadtest against real servers on 127.0.0.1 (the aegen server of tests/plugins/server.py, and
+bench/echo_server.py): it finishes by itself with zero errors, writes JSON, CSV and PNG that parse, reads
+the server's split between queue wait and inference from /metrics, and refuses bad flags, unknown models
+and unreachable targets with one line and exit code 2. No timing asserts."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from server.loadtest import (
 ROOT = Path(__file__).resolve().parent.parent
 # A guard against a hang, not a timing assert: every run here is bounded by its own flags.
 HANG_GUARD_S = 120
+MODEL = "digits-vae"  # served by the aegen_server fixture
 
 
 def _loadtest(*args: str) -> subprocess.CompletedProcess:
@@ -57,6 +59,32 @@ def test_closed_loop_sweep_reports_zero_errors_and_writes_json_csv_png(echo_targ
     image = plt.imread(out / "loadtest.png")
     assert image.ndim == 3 and image.shape[0] > 100
     assert "| 1 in flight |" in result.stdout  # the Markdown table
+
+
+def test_sweep_against_the_aegen_server_has_zero_errors_and_the_server_split(aegen_server, tmp_path: Path) -> None:
+    target, metrics_url, _ = aegen_server
+    out = tmp_path / "results"
+    result = _loadtest("--target", target, "--model", MODEL, "--concurrency", "1,8", "-n", "4", "--seed", "1",
+                       "--duration", "1.5", "--warmup", "0.5", "--metrics-url", metrics_url, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "loadtest.json").read_text())
+    for level in report["levels"]:
+        assert level["errors"] == {} and level["ok"] > 0
+        server = level["server"]
+        # Every measured call waited in the queue once and was decoded in some batch.
+        assert server["queue_wait_count"] > 0 and server["inference_count"] > 0
+        assert server["queue_wait_mean_ms"] >= 0 and server["inference_mean_ms"] > 0
+        assert server["batch_mean_samples"] >= 4
+    rows = list(csv.DictReader((out / "loadtest.csv").open()))
+    assert all(float(r["server_inference_mean_ms"]) > 0 for r in rows)
+
+
+def test_unknown_model_exits_2_with_the_servers_message(aegen_server) -> None:
+    target, _, _ = aegen_server
+    result = _loadtest("--target", target, "--model", "no-such-model", "--duration", "1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "NOT_FOUND" in lines[0] and "no-such-model" in lines[0], result.stderr
 
 
 def test_open_loop_stops_by_itself_after_a_request_count(echo_target: str) -> None:
