@@ -28,6 +28,7 @@ from packaging.requirements import Requirement
 from protos.aegen.v1 import generator_pb2, generator_pb2_grpc
 from server import loadtest
 from server.config import HEALTH_SERVICES, ServerConfig, env_var, flag_table
+from tests.plugins.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -57,9 +58,9 @@ def tool(name: str) -> str:
     return found
 
 
-def run(*command: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+def run(*command: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "BC_SKIP_MAPPING": "TRUE", **(env or {})})
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -223,10 +224,10 @@ def test_server_image_runs_aegen_serve_as_non_root_with_server_defaults(dockerfi
     text = dockerfile_text(dockerfile)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["aegen-serve"] == "server.app:main"
-    assert re.search(r'^ENTRYPOINT \["aegen-serve"\]$', text, re.M)
-    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["aegen-serve"\]$', text, re.MULTILINE)
+    assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
     # The default target is the last stage, and it bakes no models.
-    assert re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)[-1] == ("runtime", "server")
+    assert re.findall(r"^FROM (\S+) AS (\S+)$", text, re.MULTILINE)[-1] == ("runtime", "server")
     env = dict(re.findall(r"\b(AEGEN_[A-Z_]+)=(\S+)", text))
     config = ServerConfig.from_args([], environ=env)  # raises ConfigError on a name or value it rejects
     assert set(env) <= {variable for _, variable, _ in flag_table()}
@@ -266,7 +267,7 @@ def test_dockerignore_keeps_every_path_the_images_copy():
     kept = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
             if line.startswith("!")]
     for dockerfile in DOCKERFILES:
-        for sources in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", dockerfile_text(dockerfile), re.M):
+        for sources in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", dockerfile_text(dockerfile), re.MULTILINE):
             for source in sources.split():
                 source = source.replace("${MODEL_REPOSITORY}", "model-repository").rstrip("/")
                 assert any(source == k or source.startswith(k + "/") for k in kept), (dockerfile, source)
@@ -403,9 +404,23 @@ def as_promql(query: str) -> str:
     return query.replace("$__rate_interval", "1m").replace("$model", ".*")
 
 
-def test_dashboard_queries_are_valid_promql(tmp_path):
-    rules = {"groups": [{"name": "aegen-dashboard", "rules": [
-        {"record": f"aegen:dashboard_query:{i}", "expr": as_promql(q)} for i, q in enumerate(dashboard_queries())]}]}
+def adapter_queries() -> list[str]:
+    """prometheus-adapter's queries as the adapter sends them for the pods of namespace aegen."""
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    queries = []
+    for rule in adapter["rules"]["custom"]:
+        series = re.match(r"\w+", rule["seriesQuery"]).group()
+        queries.append(rule["seriesQuery"])
+        queries.append(rule["metricsQuery"].replace("<<.Series>>", series)
+                       .replace("<<.LabelMatchers>>", 'namespace="aegen",pod=~"aegen-server-.*"')
+                       .replace("<<.GroupBy>>", "pod"))
+    return queries
+
+
+def test_dashboard_and_adapter_queries_are_valid_promql(tmp_path):
+    queries = [*map(as_promql, dashboard_queries()), *adapter_queries()]
+    rules = {"groups": [{"name": "aegen-queries", "rules": [
+        {"record": f"aegen:query:{i}", "expr": q} for i, q in enumerate(queries)]}]}
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     result = run(tool("promtool"), "check", "rules", str(tmp_path / "rules.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -413,8 +428,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 def test_dashboard_covers_the_serving_signals():
     text = "\n".join(dashboard_queries())
-    for needed in ("aegen_requests_total", 'code!="OK"', "histogram_quantile(0.99, sum by (le) "
-                   "(rate(aegen_request_duration_seconds_bucket", "aegen_queue_wait_seconds_bucket",
+    p99 = "histogram_quantile(0.99, sum by (le) (rate(aegen_request_duration_seconds_bucket"
+    for needed in ("aegen_requests_total", 'code!="OK"', p99, "aegen_queue_wait_seconds_bucket",
                    "aegen_inference_duration_seconds_bucket", "aegen_batch_size_samples_bucket",
                    "aegen_samples_generated_total", "execution_provider"):
         assert needed in text, needed
@@ -427,8 +442,7 @@ def serving_signal_queries(rendered) -> list[str]:
     hpa_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     adapter_names = [rule["name"]["as"] for rule in adapter["rules"]["custom"]]
     assert set(hpa_metrics) <= set(adapter_names), "the HPA asks for a metric the adapter does not publish"
-    return [*map(as_promql, dashboard_queries()), *(r["seriesQuery"] for r in adapter["rules"]["custom"]),
-            *(r["metricsQuery"] for r in adapter["rules"]["custom"])]
+    return [*map(as_promql, dashboard_queries()), *adapter_queries()]
 
 
 def exposition_after_one_call(aegen_server) -> str:
@@ -449,7 +463,7 @@ def test_every_metric_the_dashboard_and_autoscaler_use_is_exposed_by_the_server(
         for sample in family.samples:
             labels.setdefault(sample.name, set()).update(sample.labels)
     for query in serving_signal_queries(rendered):
-        names = set(re.findall(r"\baegen_[a-z_]+\b", query)) - {"aegen_dashboard_query"}
+        names = set(re.findall(r"\baegen_[a-z_]+\b", query))
         assert names, query
         missing = names - labels.keys()
         assert not missing, f"{missing} in {query!r} is not in the server's exposition"
@@ -461,16 +475,12 @@ def test_every_metric_the_dashboard_and_autoscaler_use_is_exposed_by_the_server(
 
 
 def test_image_healthcheck_passes_for_a_serving_server_and_fails_for_a_closed_port(aegen_server):
-    healthcheck = [sys.executable, str(DEPLOY / "healthcheck.py")]
-    ok = subprocess.run([*healthcheck, aegen_server.target], capture_output=True, text=True, timeout=30)
+    healthcheck = (sys.executable, str(DEPLOY / "healthcheck.py"))
+    ok = run(*healthcheck, aegen_server.target)
     assert ok.returncode == 0, ok.stderr
-    port = aegen_server.target.rsplit(":", 1)[1]
-    by_env = subprocess.run(healthcheck, capture_output=True, text=True, timeout=30,
-                            env={**os.environ, env_var("port"): port})
+    by_env = run(*healthcheck, env={env_var("port"): aegen_server.target.rsplit(":", 1)[1]})
     assert by_env.returncode == 0, by_env.stderr
-    from tests.plugins.server import free_port
-
-    closed = subprocess.run([*healthcheck, f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
+    closed = run(*healthcheck, f"127.0.0.1:{free_port()}")
     assert closed.returncode == 1
     assert closed.stderr.startswith("aegen-healthcheck: ") and "UNAVAILABLE" in closed.stderr
     assert "Traceback" not in closed.stderr
