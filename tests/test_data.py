@@ -168,8 +168,9 @@ def test_cli_leaves_an_existing_checkpoint_untouched_when_data_is_bad(
         (idx_dir / "train-images-idx3-ubyte.gz").unlink()
     else:
         write_idx(idx_dir / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), compress=True)
+    # --overwrite: even a run allowed to replace the checkpoint must not touch it before its data is good.
     rc = train_main(["--dataset", "mnist", "--data-dir", str(idx_dir), "--out", str(out), "--epochs", "1",
-                     "--latent-dim", "8", "--hidden-dim", "64", "--no-progress"])
+                     "--latent-dim", "8", "--hidden-dim", "64", "--no-progress", "--overwrite"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "train-" in err[0]
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
