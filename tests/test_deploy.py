@@ -38,9 +38,12 @@ CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 DOCKERFILES = ("Dockerfile", "Dockerfile.cpu", "Dockerfile.models")
 GENERATOR_SERVICE = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 SERVER_OVERLAYS = ("gpu", "cpu")
-# What gets rendered: the two server overlays, the GPU overlay with the optional ServiceMonitor, and the
-# load-test Job. Only the ServiceMonitor is a custom resource without a schema in kubernetes-validate.
-RENDERS = (*SERVER_OVERLAYS, "gpu-servicemonitor", "loadtest")
+# Each optional component rendered on top of an overlay, as a user would add it.
+COMPONENT_EXAMPLES = {"gpu-servicemonitor": ("overlays/gpu", "components/servicemonitor"),
+                      "cpu-model-pvc": ("overlays/cpu", "components/model-pvc")}
+# What gets rendered: the two server overlays, the component examples and the load-test Job. Only the
+# ServiceMonitor is a custom resource without a schema in kubernetes-validate.
+RENDERS = (*SERVER_OVERLAYS, *COMPONENT_EXAMPLES, "loadtest")
 CUSTOM_KINDS = {"ServiceMonitor"}
 # Labels that Prometheus' Kubernetes service discovery adds; the server cannot expose them itself.
 SCRAPE_LABELS = {"pod", "namespace", "le"}
@@ -71,16 +74,16 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every render written to a YAML file, by name."""
     kubectl = tool("kubectl")
     out = tmp_path_factory.mktemp("rendered")
-    # kustomize takes only relative paths, so the ServiceMonitor example points back into the repository.
-    example = out / "gpu-servicemonitor-overlay"
-    example.mkdir()
-    (example / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "overlays" / "gpu", example)],
-        "components": [os.path.relpath(K8S / "components" / "servicemonitor", example)],
-    }))
-    sources = {"gpu": K8S / "overlays" / "gpu", "cpu": K8S / "overlays" / "cpu",
-               "gpu-servicemonitor": example, "loadtest": K8S / "loadtest"}
+    sources = {"gpu": K8S / "overlays" / "gpu", "cpu": K8S / "overlays" / "cpu", "loadtest": K8S / "loadtest"}
+    for name, (overlay, component) in COMPONENT_EXAMPLES.items():
+        # kustomize takes only relative paths, so the example points back into the repository.
+        sources[name] = out / f"{name}-kustomization"
+        sources[name].mkdir()
+        (sources[name] / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(K8S / overlay, sources[name])],
+            "components": [os.path.relpath(K8S / component, sources[name])],
+        }))
     files = {}
     for name in RENDERS:
         result = run(kubectl, "kustomize", str(sources[name]))
@@ -121,6 +124,9 @@ def test_every_overlay_renders_the_whole_service(rendered):
         assert expected <= set(kinds), f"{name}: missing {expected - set(kinds)}"
         assert kinds.count("Service") == 2, f"{name}: expected the ClusterIP and the headless Service"
     assert {d["kind"] for d in documents(rendered["loadtest"])} == {"Job", "NetworkPolicy"}
+    for name in RENDERS:  # components included: their objects must land beside the Deployment
+        namespaces = {d["metadata"].get("namespace") for d in documents(rendered[name]) if d["kind"] != "Namespace"}
+        assert namespaces == {"aegen"}, name
     assert "ServiceMonitor" in {d["kind"] for d in documents(rendered["gpu-servicemonitor"])}
 
 
@@ -161,6 +167,20 @@ def test_servicemonitor_scrapes_the_metrics_port_of_the_service(rendered):
     # With the operator scraping, the pods' annotation is off, or every replica would be scraped twice.
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "false"
+
+
+def test_model_pvc_component_replaces_the_model_image_copy_with_a_read_only_claim(rendered):
+    docs = documents(rendered["cpu-model-pvc"])
+    claim = one(docs, "PersistentVolumeClaim")
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert not pod.get("initContainers")
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    assert "emptyDir" not in volume
+    mount = next(m for m in server_container(deployment)["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == ServerConfig.from_args([], environ=config_map_env(docs)).repository
+    assert claim["metadata"]["namespace"] == deployment["metadata"]["namespace"]
 
 
 # ---------------------------------------------------------------------------------------------- checkov
