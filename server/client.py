@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Self
 
 import grpc
 import numpy as np
@@ -70,7 +71,7 @@ class AegenClient:
         self.stub = generator_pb2_grpc.GeneratorServiceStub(self.channel)
         self.timeout = timeout
 
-    def __enter__(self) -> AegenClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -200,7 +200,7 @@ class ModelRegistry:
             await asyncio.sleep(interval)
             try:
                 await self.poll_once()
-            except Exception:  # noqa: BLE001 - a failed poll must never stop serving
+            except Exception:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import grpc
 import numpy as np
 import pytest
 
+from export.repository import GRAPH_FILES, REQUIRED_GRAPHS, VersionWriter, load_version
 from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
 
@@ -76,11 +80,22 @@ def test_bad_input_gets_its_status_and_the_next_call_succeeds(stub, case):
     assert len(good.samples) == 2 * 784
 
 
-def test_a_sampler_the_model_does_not_offer_is_invalid(stub):
-    offered = set(stub.GetModelInfo(pb.GetModelInfoRequest(model_name=AE), timeout=30).samplers)
-    missing = {pb.SAMPLER_GAUSSIAN, pb.SAMPLER_MIXTURE} - offered
-    if not missing:
-        pytest.skip("the exported AE offers every sampler")
-    with pytest.raises(grpc.RpcError) as error:
-        stub.GenerateSamples(pb.GenerateSamplesRequest(model_name=AE, num_samples=2, sampler=min(missing)), timeout=30)
-    assert error.value.code() == INVALID and "offers samplers" in error.value.details()
+def test_a_sampler_the_model_does_not_offer_is_invalid(model_repository, server_factory, tmp_path):
+    # A version exported without fitted samplers offers standard_normal only.
+    source = load_version(model_repository, VAE)
+    repository = tmp_path / "standard-normal-only"
+    with VersionWriter(repository, VAE) as writer:
+        for key in REQUIRED_GRAPHS:
+            shutil.copy2(source.graph_path(key), writer.path / GRAPH_FILES[key])
+        writer.commit(lambda v: dataclasses.replace(source.manifest, version=v, samplers=("standard_normal",),
+                                                    samplers_sha256=None))
+    server = server_factory(repository=repository)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = generator_pb2_grpc.GeneratorServiceStub(channel)
+        for sampler in (pb.SAMPLER_GAUSSIAN, pb.SAMPLER_MIXTURE):
+            with pytest.raises(grpc.RpcError) as error:
+                stub.GenerateSamples(pb.GenerateSamplesRequest(model_name=VAE, num_samples=2, sampler=sampler),
+                                     timeout=30)
+            assert error.value.code() == INVALID and "offers samplers standard_normal" in error.value.details()
+        good = stub.GenerateSamples(pb.GenerateSamplesRequest(model_name=VAE, num_samples=2), timeout=30)
+        assert good.sampler == pb.SAMPLER_STANDARD_NORMAL

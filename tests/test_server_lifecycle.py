@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from export.repository import GRAPH_FILES, VersionWriter, load_version
 from server.client import AegenClient
-from tests.plugins.server import ROOT, launch_aegen_server
+from tests.plugins.server import ROOT, copy_repository, launch_aegen_server
 
 VAE = "digits-vae"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -31,9 +32,15 @@ def _watch(target: str):
 
 
 def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repository, tmp_path):
-    # The default --max-batch-size (8192) means fourteen warm-up buckets per decoder: loading takes a while.
-    server = launch_aegen_server(model_repository, tmp_path, "--max-batch-size", "8192")
+    # Six models at the default --max-batch-size (fourteen warm-up buckets per decoder) keep loading busy
+    # for a while after the port opens; the watch starts the moment it does.
+    repository = copy_repository(model_repository, tmp_path / "repository")
+    for i in range(4):
+        _publish_copy(repository, VAE, 1, name_as=f"{VAE}-copy{i}")
+    server = launch_aegen_server(repository, tmp_path, "--max-batch-size", "8192")
     try:
+        host, port = server.target.rsplit(":", 1)
+        _wait_until(lambda: _port_open(host, int(port)), "the port to open")
         channel, updates = _watch(server.target)
         seen = []
         for update in updates:
@@ -43,7 +50,8 @@ def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repo
         channel.close()
         assert seen[0] == NOT_SERVING and seen[-1] == SERVING, seen
         log = server.log_text()
-        assert log.index('"model version serving"') < log.index('"ready"')
+        assert log.count('"model version serving"') == 6
+        assert log.rindex('"model version serving"') < log.index('"ready"')
     finally:
         assert server.stop() == 0
 
@@ -123,7 +131,7 @@ def test_bad_configuration_is_one_line_on_stderr_and_exit_code_2(model_repositor
     ]
     for flags in cases:
         result = subprocess.run([sys.executable, "-m", "server", "--repository", str(model_repository), *flags],
-                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+                                cwd=ROOT, check=False, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (flags, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("aegen-serve: error:"), (flags, result.stderr)
@@ -132,21 +140,28 @@ def test_bad_configuration_is_one_line_on_stderr_and_exit_code_2(model_repositor
 def test_environment_variables_configure_the_server(model_repository, tmp_path):
     result = subprocess.run([sys.executable, "-m", "server", "--repository", str(model_repository)],
                             env={"PATH": "/usr/bin:/bin", "AEGEN_MAX_BATCH_SIZE": "0"}, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--max-batch-size must be at least 1" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _publish_copy(repository: Path, name: str, version: int):
-    """Publish a version's files again as the next version, through the format module."""
+def _publish_copy(repository: Path, name: str, version: int, *, name_as: str | None = None):
+    """Publish a version's files again as the next version (of `name_as`), through the format module."""
     source = load_version(repository, name, version)
-    with VersionWriter(repository, name) as writer:
+    target = name_as or name
+    with VersionWriter(repository, target) as writer:
         for entry in source.path.iterdir():
             if entry.name != "manifest.json":
                 shutil.copy2(entry, writer.path / entry.name)
-        return writer.commit(lambda v: dataclasses.replace(source.manifest, version=v))
+        return writer.commit(lambda v: dataclasses.replace(source.manifest, name=target, version=v))
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
 
 
 def _code(future) -> str:
@@ -203,9 +218,8 @@ def test_tls_server_answers_a_client_that_trusts_its_certificate(server_factory,
     with AegenClient(server.target, root_certificates=cert.read_bytes(), timeout=30) as client:
         _wait_until(lambda: _serving_over_tls(server.target, cert.read_bytes()), "the TLS server to serve")
         assert client.generate(VAE, 3, seed=1).images.shape[0] == 3
-    with AegenClient(server.target, timeout=5) as plaintext:
-        with pytest.raises(grpc.RpcError):
-            plaintext.list_models()
+    with AegenClient(server.target, timeout=5) as plaintext, pytest.raises(grpc.RpcError):
+        plaintext.list_models()
 
 
 def _serving_over_tls(target: str, root: bytes) -> bool:

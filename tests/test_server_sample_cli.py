@@ -12,7 +12,7 @@ from tests.plugins.server import ROOT, free_port
 
 
 def _sample(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.sample_cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "server.sample_cli", *args], cwd=ROOT, check=False, capture_output=True,
                           text=True, timeout=120)
 
 

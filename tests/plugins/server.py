@@ -72,7 +72,7 @@ def launch_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict 
     """Start `python -m server` without waiting for it; see wait_until_serving."""
     port, metrics_port = free_port(), free_port()
     log_path = Path(tmp_dir) / f"server-{port}.log"
-    log_file = open(log_path, "wb")
+    log_file = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until stop() closes it
     command = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
                "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu", "--log-format", "json",
                *TEST_FLAGS, *flags]
