@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -111,8 +112,10 @@ def check_destination(repository: Path, name: str) -> None:
     existing = next(p for p in [repository / name, *(repository / name).parents] if p.exists())
     if not existing.is_dir():
         raise RepositoryError(f"{existing}: is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RepositoryError(f"{existing}: not writable")
+    try:  # a real probe, not os.access: root passes os.access on read-only file systems too
+        os.rmdir(tempfile.mkdtemp(prefix=".aegen-probe-", dir=existing))
+    except OSError as exc:
+        raise RepositoryError(f"{existing}: not writable ({exc.strerror})") from None
 
 
 def _split(checkpoint: CheckpointConfig, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:

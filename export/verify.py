@@ -8,7 +8,8 @@ the PyTorch model they came from. Any failure stops the export before anything i
   differ by one; and its Mul/Round/Clip/Cast tail alone equal to numpy bit for bit on a dense grid of [0, 1]
   that includes every exact tie.
 - decoder_fp16: max |onnxruntime fp16 − torch fp32| ≤ fp16_atol (5e-3, about 1.3 grey levels of 255).
-- big batch: decoder_uint8 once at `big_batch` (65,536) to exercise the dynamic axis at full size.
+- big batch: decoder_uint8 once at `big_batch` (16,384 by default; a conv decoder at 65,536 needs ~5 GB)
+  to exercise the dynamic axis at full size.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class VerifyConfig:
     atol: float = 1e-5
     fp16_atol: float = 5e-3
     boundary_margin: float = 1e-4
-    big_batch: int = 65536  # 0 skips the big-batch run
+    big_batch: int = 16384  # one full-size run (the tests do 65,536 on a small model); 0 skips it
     seed: int = 0
     threads: int = 1
 
