@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.parse
+import zipfile
 from pathlib import Path
 
 import grpc
@@ -281,6 +282,28 @@ def test_image_locks_pin_exactly_the_serving_extra_and_no_torch(requirements, ex
     assert not {"torch", "onnx", "matplotlib", "safetensors"} & set(pins)
     if extra == "serve-gpu":
         assert pins["onnxruntime-gpu"] == "1.31.1"
+
+
+def test_serving_wheel_builds_from_exactly_what_the_images_copy(tmp_path):
+    """The builder stage's `pip wheel --no-build-isolation .`, on the files its COPY lines bring in."""
+    text = dockerfile_text("Dockerfile.cpu")
+    builder = text[text.index(" AS builder"):text.index(" AS runtime")]
+    context = tmp_path / "context"
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", builder, re.MULTILINE):
+        for source in sources.split():
+            copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+            (context / source).parent.mkdir(parents=True, exist_ok=True)
+            copy(ROOT / source, context / source)
+    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir",
+                 "--wheel-dir", str(tmp_path / "wheels"), str(context))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "wheels").glob("aegen-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert {"server/app.py", "server/loadtest.py", "export/repository.py", "protos/aegen/v1/generator_pb2.py"} <= names
+    assert not any(n.startswith("training/") for n in names), "the serving image carries no training code"
+    assert "aegen-serve = server.app:main" in entry_points
 
 
 def test_dockerignore_keeps_every_path_the_images_copy():
