@@ -45,6 +45,10 @@ demo: venv
 proto: venv
 	$(BIN)/python -m protos.generate
 
+# Benchmarks, not tests: tables and PNGs under docs/benchmarks/ (see docs/benchmarks/README.md). ~15 min.
+bench: venv
+	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
 lint: tools
 	$(BIN)/ruff check training export server protos tests bench
 	cd protos && ../$(BUF) lint
