@@ -14,7 +14,7 @@ import sys
 import time
 
 from bench import batching, ceiling_vs_service, memory, small_requests, train_export
-from bench.common import BenchError, add_model_arguments, bench_model
+from bench.common import RESULTS_DIR, BenchError, add_model_arguments, bench_model
 
 BENCHMARKS = {
     "a": ceiling_vs_service,
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.add_argument("--only", default="a,b,c,d,e", help="comma-separated benchmark letters")
     p.add_argument("--quick", action="store_true", help="short measurements, to check the benchmarks run")
+    p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the tables go (default docs/benchmarks)")
     args = p.parse_args(argv)
     letters = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = [x for x in letters if x not in BENCHMARKS]
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for letter in letters:
             module = BENCHMARKS[letter]
             extra = (QUICK[letter] if args.quick else []) + (shared if letter != "e" else [])
+            extra += ["--out-dir", args.out_dir]
             start = time.perf_counter()
             print(f"== benchmark {letter}: {module.__name__}", file=sys.stderr, flush=True)
             path = module.run(module.parser().parse_args(extra))
