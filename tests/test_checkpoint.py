@@ -130,3 +130,16 @@ def test_checkpoint_directory_holds_only_safetensors_and_json(vae_checkpoint: Pa
     assert (vae_checkpoint / ckpt.WEIGHTS_FILE).read_bytes()[8:9] == b"{"  # safetensors: u64 length, JSON header
     config = ckpt.read_config(vae_checkpoint)
     assert config.epochs == 1 and config.model.latent_dim == 8 and "val_elbo" in config.metrics
+
+
+def test_resume_from_weights_of_another_model_is_a_checkpoint_error(vae_checkpoint: Path, ae_checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    from training.train import TrainOptions, train
+
+    directory = copy_checkpoint(vae_checkpoint, tmp_path)
+    shutil.copyfile(ae_checkpoint / ckpt.WEIGHTS_FILE, directory / ckpt.WEIGHTS_FILE)  # AE: no log-variance outputs
+    config = ckpt.read_config(directory)
+    options = TrainOptions(kind="vae", latent_dim=8, hidden_dim=64, epochs=2, limit=config.limit,
+                           batch_size=config.batch_size, out=str(directory), resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="model.safetensors: does not match its config.json"):
+        train(options)

@@ -152,7 +152,8 @@ def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: t
     torch.manual_seed(_epoch_seed(options.seed, epoch))  # the reparameterisation noise
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(options.seed, epoch)))
     steps = math.ceil(len(images) / options.batch_size)
-    sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    # Running sums stay on the device: reading a CUDA scalar every step would stall the GPU.
+    sums = {name: torch.zeros((), device=images.device) for name in ("loss", "reconstruction", "kl")}
     seen, start = 0, time.perf_counter()
     model.train()
     for step in range(steps):
@@ -166,14 +167,15 @@ def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: t
         optimizer.step()
         n = len(x)
         for name, value in (("loss", terms.total), ("reconstruction", terms.reconstruction), ("kl", terms.kl)):
-            sums[name] += float(value.detach()) * n
+            sums[name] += value.detach() * n
         seen += n
         bar.update(n)
         if step % 10 == 0 or step == steps - 1:
             rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.1f}", rec=f"{sums['reconstruction'] / seen:.1f}",
-                            kl=f"{sums['kl'] / seen:.2f}", img_s=f"{rate:.0f}", refresh=False)
-    mean = {f"train_{k}": v / seen for k, v in sums.items()}
+            bar.set_postfix(loss=f"{float(sums['loss']) / seen:.1f}",
+                            rec=f"{float(sums['reconstruction']) / seen:.1f}",
+                            kl=f"{float(sums['kl']) / seen:.2f}", img_s=f"{rate:.0f}", refresh=False)
+    mean = {f"train_{k}": float(v) / seen for k, v in sums.items()}
     if not all(math.isfinite(v) for v in mean.values()):
         raise TrainError(f"the loss became {mean['train_loss']} in epoch {epoch + 1}; try a lower --lr")
     seconds = time.perf_counter() - start
@@ -259,7 +261,10 @@ def train(options: TrainOptions) -> Path:
         first_epoch, history = 0, []
         if resumed is not None:
             config, state, optimizer_state = resumed
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError:
+                raise CheckpointError(f"{out / ckpt.WEIGHTS_FILE}: does not match its config.json") from None
             if optimizer_state is not None:
                 ckpt.optimizer_from_tensors(optimizer, optimizer_state, str(out / ckpt.OPTIMIZER_FILE))
             first_epoch, history = config.epochs, list(config.history)
