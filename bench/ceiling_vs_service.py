@@ -60,7 +60,7 @@ def ceiling(repository: Path, model: str, dtype: str, n: int, min_seconds: float
 def run(args: argparse.Namespace) -> Path:
     details = machine_details()
     model = bench_model(args.repository, args.model, args.checkpoint)
-    ceilings = {(d, n): ceiling(model.repository, model.name, d, n, args.duration / 2) for d in DTYPES for n in SIZES}
+    ceilings = {(d, n): ceiling(model.repository, model.name, d, n, args.duration) for d in DTYPES for n in SIZES}
     for (d, n), value in ceilings.items():
         print(f"  ceiling {d} N={n}: {value:,.0f} samples/s", file=sys.stderr)
     rows, verdicts = [], []
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> Path:
                             "best in flight", "service MB/s", "p50 ms", "server queue wait ms",
                             "server inference ms (per batch)", "errors"], rows)
     body = (f"Ceiling: seeds drawn with numpy and the decoder run by onnxruntime (CPU provider, default "
-            f"intra-op threads) in one process, repeated for {args.duration / 2:g} s. Service: "
+            f"intra-op threads) in one process, repeated for {args.duration:g} s. Service: "
             f"`aegen-loadtest` closed loop, {args.duration:g} s per level after {args.warmup:g} s warm-up, "
             f"at a few calls in flight (the best level counts), server and client on the same 2 cores. "
             f"Model `{model.name}`.\n\n{table}\n" + "\n".join(verdicts) + "\n")

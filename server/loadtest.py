@@ -556,7 +556,8 @@ class LoadTestReport:
     def to_json(self) -> str:
         body = {"config": dataclasses.asdict(self.config), "started": self.started,
                 "levels": [dataclasses.asdict(level) for level in self.levels]}
-        return json.dumps(body, indent=2, allow_nan=True) + "\n"
+        # NaN (no successful call, no metrics) becomes null: strict JSON readers refuse NaN.
+        return json.dumps(_nan_to_none(body), indent=2, allow_nan=False) + "\n"
 
     def to_csv(self) -> str:
         rows = [level.flat() for level in self.levels]
@@ -584,6 +585,16 @@ class LoadTestReport:
     @property
     def total_errors(self) -> int:
         return sum(sum(level.errors.values()) for level in self.levels)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def _fmt(value: float | None) -> str:
