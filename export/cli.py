@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="batch size of the one full-size decoder run in verification; 0 skips it")
     p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS", None),
                    help="CPU threads for torch and onnxruntime (env AEGEN_THREADS)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
     a = p.parse_args(argv)
     if a.repository is None:
         p.error("--repository is required (or set AEGEN_REPOSITORY)")
@@ -78,7 +78,8 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
             p.error(f"{flag} must be ≥ {low}, got {value}")
     return ExportConfig(checkpoint=a.checkpoint, repository=a.repository, name=a.name, fp16=a.fp16,
                         opset=a.opset, components=a.components, seed=a.seed, data_dir=a.data_dir,
-                        quality_samples=a.quality_samples, threads=a.threads, progress=not a.no_progress,
+                        quality_samples=a.quality_samples, threads=a.threads,
+                        progress=not a.no_progress and sys.stderr.isatty(),
                         exporter=a.exporter,
                         verify=VerifyConfig(big_batch=a.big_batch))
 

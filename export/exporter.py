@@ -67,16 +67,16 @@ class ExportConfig:
 def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
     """Export, verify, fit samplers, publish. Raises CheckpointError, DataError, ExportError,
     VerificationError, SamplerFitError or RepositoryError; on any of them nothing is published."""
+    # Bad input fails here, before the progress bar, so that the error is the only line on stderr.
     check_destination(config.repository, config.name)
+    model, checkpoint = load_model(config.checkpoint)
+    checkpoint_sha = weights_sha256(config.checkpoint)
+    train_images, val_images = _split(checkpoint, config.data_dir)
     threads = config.threads or torch.get_num_threads()
     verify_config = dataclasses.replace(config.verify, threads=threads, seed=config.seed)
-    with _torch_threads(config.threads), tqdm(total=6, desc="export", unit="step", disable=not config.progress,
-                                             file=sys.stderr) as bar:
-        bar.set_postfix_str("checkpoint")
-        model, checkpoint = load_model(config.checkpoint)
-        checkpoint_sha = weights_sha256(config.checkpoint)
-        train_images, val_images = _split(checkpoint, config.data_dir)
-        bar.update()
+    # leave=False: a failure mid-way erases the bar, leaving the one-line error alone on stderr.
+    with _torch_threads(config.threads), tqdm(total=5, desc="export", unit="step", disable=not config.progress,
+                                             file=sys.stderr, leave=False) as bar:
         bar.set_postfix_str("ONNX graphs")
         graphs = build_graphs(model, checkpoint.model, config.opset, config.fp16,
                               metadata={"model_name": config.name, "checkpoint_sha256": checkpoint_sha},
