@@ -141,10 +141,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         images = np.empty((n, *self.image_shape), self.decoders[dtype].dtype)
         job = _Job(n, make_latents, images, loop.create_future(), deadline, time.monotonic())
+        was_idle = not any(self._queued.values())
         self._queues[dtype].append(job)
         self._queued[dtype] += n
         self.observer.queue_depth_changed(n)
-        self._wakeup.set()
+        # Wake the loop only when it has something new to decide: no per-request wake-ups while it waits.
+        if was_idle or self._queued[dtype] >= self.config.max_batch_size:
+            self._wakeup.set()
         return job.future
 
     # ------------------------------------------------------------------------------------------ the loop
