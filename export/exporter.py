@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def encode_latents(model: AutoEncoder, images: np.ndarray, batch_size: int = 100
 
 
 def _sampler_report(latents: np.ndarray, mixture: MixtureFit) -> dict:
-    return {"fitted_on": int(len(latents)), "components": int(len(mixture.weights)),
+    return {"fitted_on": len(latents), "components": len(mixture.weights),
             "em_iterations": mixture.iterations, "em_converged": mixture.converged,
             "mean_log_likelihood": round(mixture.mean_log_likelihood, 6),
             "weights": [round(float(w), 6) for w in mixture.weights]}
@@ -186,7 +186,7 @@ def _publish(config: ExportConfig, checkpoint: CheckpointConfig, checkpoint_sha:
             opset=max(_default_opset(p) for p in protos), ir_version=max(p.ir_version for p in protos),
             checkpoint_sha256=checkpoint_sha, library_versions=library_versions(),
             training=_training_record(checkpoint, config.checkpoint), verification=verification,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             samplers_sha256=file_sha256(writer.path / SAMPLERS_FILE))
         committed = writer.commit(manifest)
     return load_version(config.repository, config.name, committed.version)  # read back as the server will
@@ -257,5 +257,12 @@ class _torch_threads:
         torch.set_num_threads(self.previous)
 
 
-__all__ = ["ExportConfig", "export_checkpoint", "check_destination", "encode_latents", "sample_quality",
-           "library_versions", "ExportError"]
+__all__ = [
+    "ExportConfig",
+    "ExportError",
+    "check_destination",
+    "encode_latents",
+    "export_checkpoint",
+    "library_versions",
+    "sample_quality",
+]

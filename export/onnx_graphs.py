@@ -139,8 +139,7 @@ def export_module(module: nn.Module, example: torch.Tensor, input_name: str, out
     else:
         raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}")
     _name_batch_axis(proto)
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     return ExportedGraph(proto, exporter)
 
 

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -133,7 +133,7 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = MANIFEST_FILE) -> "Manifest":
+    def from_json(cls, text: str, source: str = MANIFEST_FILE) -> Manifest:
         """Parse and validate; raises RepositoryError naming `source` and what was expected."""
         try:
             raw = json.loads(text)
@@ -535,7 +535,7 @@ class VersionWriter:
         self._committed: ModelVersion | None = None
         self._created: list[Path] = []
 
-    def __enter__(self) -> "VersionWriter":
+    def __enter__(self) -> Self:
         if self.repository.exists() and not self.repository.is_dir():
             raise RepositoryError(f"{self.repository}: is not a directory (expected a model repository)")
         model_dir = self.repository / self.name

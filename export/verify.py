@@ -160,7 +160,7 @@ def check_uint8_rounding(points: int = 1_000_001) -> dict:
         raise VerificationError(f"decoder_uint8: the Round/Cast tail disagrees with numpy.rint at "
                                 f"{int((actual != expected).sum())} of {len(x)} points")
     exact_ties = int(((x * np.float32(255)) % 1 == 0.5).sum())  # in float32, as the graph's Mul computes
-    return {"points": int(len(x)), "rounding": "half to even", "exact_ties_checked": exact_ties}
+    return {"points": len(x), "rounding": "half to even", "exact_ties_checked": exact_ties}
 
 
 def _check_big_batch(uint8: ort.InferenceSession, decoder: ort.InferenceSession, rng: np.random.Generator,

@@ -152,7 +152,7 @@ def test_failed_verification_publishes_nothing(tmp_path: Path, vae_checkpoint: P
 def test_cli_exports_a_version_and_reports_the_checks(tmp_path: Path, vae_checkpoint: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "export.cli", str(vae_checkpoint), "--repository",
                              str(tmp_path), "--name", "cli-vae", *FAST_FLAGS],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+                            check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "exported cli-vae version 1" in result.stdout
     assert "decoder_uint8  equal to round(fp32·255)" in result.stdout
@@ -221,8 +221,8 @@ def _exit_code(argv: list[str]) -> int:
 
 def test_cli_missing_checkpoint_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "export.cli", str(tmp_path / "nothing"), "--repository",
-                             str(tmp_path / "repo"), "--name", "m"], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
+                             str(tmp_path / "repo"), "--name", "m"], check=False, capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "Traceback" not in result.stderr
     assert not (tmp_path / "repo").exists()
