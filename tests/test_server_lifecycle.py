@@ -32,10 +32,10 @@ def _watch(target: str):
 
 
 def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repository, tmp_path):
-    # Six models at the default --max-batch-size (fourteen warm-up buckets per decoder) keep loading busy
+    # Four models at the default --max-batch-size (fourteen warm-up buckets per decoder) keep loading busy
     # for a while after the port opens; the watch starts the moment it does.
     repository = copy_repository(model_repository, tmp_path / "repository")
-    for i in range(4):
+    for i in range(2):
         _publish_copy(repository, VAE, 1, name_as=f"{VAE}-copy{i}")
     server = launch_aegen_server(repository, tmp_path, "--max-batch-size", "8192")
     try:
@@ -50,7 +50,7 @@ def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repo
         channel.close()
         assert seen[0] == NOT_SERVING and seen[-1] == SERVING, seen
         log = server.log_text()
-        assert log.count('"model version serving"') == 6
+        assert log.count('"model version serving"') == 4
         assert log.rindex('"model version serving"') < log.index('"ready"')
     finally:
         assert server.stop() == 0
