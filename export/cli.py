@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                    help="IDX directory for mnist/fashion-mnist checkpoints (env AEGEN_DATA_DIR)")
     p.add_argument("--quality-samples", type=int, default=1000,
                    help="decoded images per sampler for the validity report; 0 skips it (default 1000)")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="directory for samples_<sampler>.png grids of decoded seeds (default: none)")
     p.add_argument("--big-batch", type=int, default=VerifyConfig.big_batch,
                    help="batch size of the one full-size decoder run in verification; 0 skips it")
     p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS", None),
@@ -78,7 +80,7 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
             p.error(f"{flag} must be ≥ {low}, got {value}")
     return ExportConfig(checkpoint=a.checkpoint, repository=a.repository, name=a.name, fp16=a.fp16,
                         opset=a.opset, components=a.components, seed=a.seed, data_dir=a.data_dir,
-                        quality_samples=a.quality_samples, threads=a.threads,
+                        quality_samples=a.quality_samples, figures=a.figures, threads=a.threads,
                         progress=not a.no_progress and sys.stderr.isatty(),
                         exporter=a.exporter,
                         verify=VerifyConfig(big_batch=a.big_batch))

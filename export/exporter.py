@@ -42,6 +42,7 @@ from export.repository import (
 from export.verify import VerifyConfig, verify_graphs
 from training.checkpoint import CheckpointConfig, load_model, weights_sha256
 from training.data import filter_classes, load_dataset, to_unit_float, train_val_split
+from training.grid import save_grid
 from training.models import VAE, AutoEncoder
 
 Log = Callable[[str], None]
@@ -58,6 +59,7 @@ class ExportConfig:
     seed: int = 0  # EM initialisation, verification seeds, validity seeds
     data_dir: Path | None = None  # IDX directory for mnist / fashion-mnist checkpoints
     quality_samples: int = 1000  # images per sampler for the validity report; 0 skips it
+    figures: Path | None = None  # directory for samples_<sampler>.png grids (decoded by decoder_uint8)
     threads: int | None = None  # torch and onnxruntime CPU threads; None leaves torch's default
     progress: bool = True
     exporter: str = "auto"  # "auto" (dynamo, else TorchScript) | "dynamo" | "torchscript"
@@ -96,11 +98,16 @@ def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
         quality = sample_quality(serialized["decoder"], samplers, val_images, checkpoint,
                                  config.quality_samples, config.seed, threads)
         verification["sample_quality"] = quality
+        if config.figures is not None:
+            figures = sampler_figures(serialized["decoder_uint8"], samplers, config.figures, quality,
+                                      config.seed, threads)
         bar.update()
         bar.set_postfix_str("publish")
         version = _publish(config, checkpoint, checkpoint_sha, graphs, serialized, samplers, verification)
         bar.update()
     _log_report(log, version, verification)
+    if config.figures is not None:
+        log(f"  figures: {', '.join(str(p) for p in figures)}")
     return version
 
 
@@ -155,16 +162,39 @@ def sample_quality(decoder: bytes, samplers: LatentSamplers, val_images: np.ndar
         classifier = load_classifier()
     except Exception as exc:  # noqa: BLE001 — the report is optional; a missing classifier must not block
         return {"skipped": f"classifier unavailable ({type(exc).__name__}: {str(exc).strip()[:200]})"}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(decoder, options, providers=["CPUExecutionProvider"])
     report: dict = {"samples": samples, "seed": seed}
-    for sampler in SAMPLERS:
-        latents = sample_latents(samplers, sampler, np.random.default_rng(seed), samples)
-        (images,) = session.run(None, {session.get_inputs()[0].name: latents})
+    for sampler, images in decode_sampler_seeds(decoder, samplers, samples, seed, threads).items():
         metrics = sample_metrics(np.clip(images, 0.0, 1.0), val_images, classifier=classifier)
         report[sampler] = {k: round(float(v), 6) for k, v in metrics.items()}
     return report
+
+
+def decode_sampler_seeds(decoder: bytes, samplers: LatentSamplers, samples: int, seed: int,
+                         threads: int) -> dict[str, np.ndarray]:
+    """n images per sampler through an exported decoder graph, seeds drawn as the server draws them."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(decoder, options, providers=["CPUExecutionProvider"])
+    images = {}
+    for sampler in SAMPLERS:
+        latents = sample_latents(samplers, sampler, np.random.default_rng(seed), samples)
+        (images[sampler],) = session.run(None, {session.get_inputs()[0].name: latents})
+    return images
+
+
+def sampler_figures(decoder_uint8: bytes, samplers: LatentSamplers, directory: Path, quality: dict,
+                    seed: int, threads: int) -> list[Path]:
+    """samples_<sampler>.png: 64 images per sampler, titled with their validity when it was measured."""
+    paths = []
+    for sampler, images in decode_sampler_seeds(decoder_uint8, samplers, 64, seed, threads).items():
+        title = f"{sampler} seeds"
+        if sampler in quality:
+            title += f" (validity {quality[sampler]['validity']:.2f} over {quality['samples']})"
+        try:
+            paths.append(save_grid(images, directory / f"samples_{sampler}.png", nrow=8, title=title))
+        except OSError as exc:
+            raise ExportError(f"{directory}: cannot write the sample figures ({exc.strerror})") from None
+    return paths
 
 
 def _publish(config: ExportConfig, checkpoint: CheckpointConfig, checkpoint_sha: str,

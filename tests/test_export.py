@@ -149,14 +149,23 @@ def test_failed_verification_publishes_nothing(tmp_path: Path, vae_checkpoint: P
     assert not repository.exists()
 
 
-def test_cli_exports_a_version_and_reports_the_checks(tmp_path: Path, vae_checkpoint: Path) -> None:
+def test_cli_exports_a_version_and_reports_checks_validity_and_figures(tmp_path: Path,
+                                                                       vae_checkpoint: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "export.cli", str(vae_checkpoint), "--repository",
-                             str(tmp_path), "--name", "cli-vae", *FAST_FLAGS],
+                             str(tmp_path / "repo"), "--name", "cli-vae", *FAST_FLAGS, "--quality-samples", "200",
+                             "--figures", str(tmp_path / "figures")],
                             check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "exported cli-vae version 1" in result.stdout
     assert "decoder_uint8  equal to round(fp32·255)" in result.stdout
-    assert load_version(tmp_path, "cli-vae").manifest.training["config"]["model"]["latent_dim"] == 8
+    manifest = load_version(tmp_path / "repo", "cli-vae").manifest
+    assert manifest.training["config"]["model"]["latent_dim"] == 8
+    quality = manifest.verification["sample_quality"]
+    for sampler in ("standard_normal", "gaussian", "mixture"):
+        assert 0.0 <= quality[sampler]["validity"] <= 1.0
+        assert f"{sampler} " in result.stdout
+        png = tmp_path / "figures" / f"samples_{sampler}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _mismatched_checkpoint(tmp_path: Path, vae_checkpoint: Path) -> Path:
