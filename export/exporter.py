@@ -23,7 +23,14 @@ import torch
 from tqdm import tqdm
 
 from export.latent_samplers import MixtureFit, fit_samplers
-from export.onnx_graphs import DEFAULT_OPSET, ExportedGraph, ExportError, build_graphs, graph_io
+from export.onnx_graphs import (
+    DEFAULT_OPSET,
+    ExportedGraph,
+    ExportError,
+    build_graphs,
+    default_opset,
+    graph_io,
+)
 from export.repository import (
     GRAPH_FILES,
     SAMPLERS,
@@ -213,17 +220,13 @@ def _publish(config: ExportConfig, checkpoint: CheckpointConfig, checkpoint_sha:
             name=config.name, version=1, kind=checkpoint.model.kind, latent_dim=checkpoint.model.latent_dim,
             image_shape=checkpoint.model.image_shape, value_range=(0.0, 1.0), dataset=checkpoint.dataset,
             classes=checkpoint.classes, graphs=infos, samplers=SAMPLERS,
-            opset=max(_default_opset(p) for p in protos), ir_version=max(p.ir_version for p in protos),
+            opset=max(default_opset(p) for p in protos), ir_version=max(p.ir_version for p in protos),
             checkpoint_sha256=checkpoint_sha, library_versions=library_versions(),
             training=_training_record(checkpoint, config.checkpoint), verification=verification,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             samplers_sha256=file_sha256(writer.path / SAMPLERS_FILE))
         committed = writer.commit(manifest)
     return load_version(config.repository, config.name, committed.version)  # read back as the server will
-
-
-def _default_opset(proto: onnx.ModelProto) -> int:
-    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _training_record(checkpoint: CheckpointConfig, directory: Path) -> dict:

@@ -132,15 +132,21 @@ def export_module(module: nn.Module, example: torch.Tensor, input_name: str, out
             continue
         try:
             proto = export(module, example, input_name, output_names, opset)
-            exporter = name
-            break
+            _name_batch_axis(proto)
+            proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+            # dynamo may quietly keep opset 18 when asked for less, or emit an op newer than the opset:
+            # both count as its failure, so that "auto" moves on to the TorchScript exporter.
+            if default_opset(proto) != opset:
+                raise ExportError(f"wrote opset {default_opset(proto)} instead of {opset}")
+            onnx.checker.check_model(proto, full_check=True)
+            return ExportedGraph(proto, name)
         except Exception as exc:  # noqa: BLE001 — any failure of one exporter means: try the next
             errors.append(f"{name}: {_one_line(exc)}")
-    else:
-        raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}")
-    _name_batch_axis(proto)
-    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-    return ExportedGraph(proto, exporter)
+    raise ExportError(f"torch.onnx.export failed: {'; '.join(errors)}")
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _export_dynamo(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
