@@ -84,8 +84,8 @@ class ServerConfig:
                               f"--max-samples-per-request ({self.max_samples_per_request})")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
-        if self.workers > 1:
-            raise ConfigError("--workers > 1 is not supported yet: run one process per pod, or several pods")
+        if self.workers > 1 and self.port == 0:
+            raise ConfigError("--workers > 1 needs a fixed --port: with 0 each worker would get its own port")
         if self.device == "cpu" and self.cuda_graphs:
             raise ConfigError("--cuda-graphs needs the CUDA execution provider; it makes no sense with --device cpu")
         if self.device == "cpu" and self.gpu_mem_limit:
@@ -164,7 +164,7 @@ _HELP = {
     "log_format": "json (one object per line) or text",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
-    "workers": "server processes sharing the port (only 1 is supported yet)",
+    "workers": "server processes sharing the port (SO_REUSEPORT), each with its own sessions and batcher",
     "cuda_graphs": "capture a CUDA graph per batch-size bucket (CUDA only)",
     "cudnn_conv_algo_search": "cuDNN convolution algorithm search (CUDA only)",
     "gpu_mem_limit": "CUDA memory arena limit in bytes (0: unlimited; CUDA only)",

@@ -3,19 +3,31 @@
 Names and units follow Prometheus conventions (base units, `_total` counters, `_info` for the per-model
 information). The `model` label is a loaded model's name, or "" when the request named no loaded model, so
 clients cannot grow the label set without bound.
+
+With --workers > 1 every worker process writes its metrics to files in PROMETHEUS_MULTIPROC_DIR
+(prometheus-client's multiprocess mode, chosen when prometheus_client is first imported) and the parent
+serves their sum (`serve_multiprocess`). Gauges say how to combine workers: queue depth and calls in flight
+add up over live workers; `aegen_model_info` keeps one series per worker (a `pid` label).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
                     30.0)
 _BATCH_BUCKETS = tuple(float(1 << i) for i in range(17))  # 1 .. 65536 samples
 
 
+MODEL_INFO = "aegen_model_info"
+
+
 class ServerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess: bool = False) -> None:
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_duration = Histogram(
@@ -36,10 +48,15 @@ class ServerMetrics:
             "aegen_batch_size_samples", "Samples per decoded batch.", ["model"], buckets=_BATCH_BUCKETS,
             registry=r)
         self.queue_depth = Gauge(
-            "aegen_queue_depth_samples", "Samples waiting in the batch queues.", ["model"], registry=r)
-        self.in_flight = Gauge("aegen_requests_in_flight", "Calls being handled now.", registry=r)
-        self.model = Info(
-            "aegen_model", "A loaded model version and where it runs.", ["name", "version"], registry=r)
+            "aegen_queue_depth_samples", "Samples waiting in the batch queues.", ["model"],
+            multiprocess_mode="livesum", registry=r)
+        self.in_flight = Gauge("aegen_requests_in_flight", "Calls being handled now.",
+                               multiprocess_mode="livesum", registry=r)
+        # An info metric (value 1, the facts in labels) as a gauge: multiprocess mode has no Info type.
+        self.model = Gauge(
+            MODEL_INFO, "A loaded model version and where it runs.",
+            ["name", "version", "device", "execution_provider"], multiprocess_mode="liveall", registry=r)
+        self._model_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._request_children: dict[tuple[str, str, str], tuple] = {}
 
     def observe_request(self, method: str, model: str, code: str, seconds: float) -> None:
@@ -52,13 +69,19 @@ class ServerMetrics:
         children[1].inc()
 
     def model_loaded(self, name: str, version: int, device: str, execution_provider: str) -> None:
-        self.model.labels(name, str(version)).info({"device": device, "execution_provider": execution_provider})
+        labels = (name, str(version), device, execution_provider)
+        self._model_labels[(name, str(version))] = labels
+        self.model.labels(*labels).set(1)
 
     def model_unloaded(self, name: str, version: int) -> None:
-        try:
-            self.model.remove(name, str(version))
-        except KeyError:
-            pass
+        labels = self._model_labels.pop((name, str(version)), None)
+        if labels is None:
+            return
+        if self.multiprocess:
+            # A worker's metric file cannot forget a series: 0 marks it retired, and the parent drops it.
+            self.model.labels(*labels).set(0)
+        else:
+            self.model.remove(*labels)
 
     def batch_observer(self, model: str, device: str) -> BatchMetrics:
         return BatchMetrics(self, model, device)
@@ -67,6 +90,27 @@ class ServerMetrics:
         """Start the /metrics HTTP server on a daemon thread; returns the http server (call shutdown())."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+class _WorkerMetricsCollector:
+    """The workers' metric files, merged, less the info series of model versions a worker retired."""
+
+    def __init__(self, directory: str) -> None:
+        self._files = MultiProcessCollector(None, path=directory)
+
+    def collect(self) -> Iterator:
+        for family in self._files.collect():
+            if family.name == MODEL_INFO:
+                family.samples = [s for s in family.samples if s.value != 0]
+            yield family
+
+
+def serve_multiprocess(host: str, port: int, directory: str):
+    """The parent's /metrics: every worker's metrics from `directory`; returns the http server."""
+    registry = CollectorRegistry()
+    registry.register(_WorkerMetricsCollector(directory))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 class BatchMetrics:
