@@ -14,6 +14,7 @@ Targets: >= 3x the baseline's samples/s at N = 1 with 64 in flight, >= 2x at N =
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -36,9 +37,13 @@ from server.loadtest import LevelResult
 LOADS = ((1, 64, 3.0), (1024, 4, 2.0))
 
 
+BASELINE = "baseline: sync grpcio + PyTorch, per request"
+DEFAULT = "aegen, batching on (default)"
+
+
 def _settings(n: int) -> dict[str, list[str]]:
     return {
-        "aegen, batching on (default)": [],
+        DEFAULT: [],
         "aegen, greedy (delay 0)": ["--max-queue-delay-us", "0"],
         "aegen, batching off": ["--max-queue-delay-us", "0", "--max-batch-size", str(n)],
     }
@@ -58,23 +63,30 @@ def run(args: argparse.Namespace) -> Path:
         raise BenchError("the PyTorch baseline needs the checkpoint the model was exported from: pass --checkpoint")
     rows, verdicts = [], []
     for n, in_flight, target in LOADS:
-        with serve_baseline(model.checkpoint) as baseline_server:
-            (base,) = load(baseline_server.target, num_samples=n, concurrency=(in_flight,), duration=args.duration,
-                           warmup=args.warmup, model=model.name).levels
-        rows.append(_row("baseline: sync grpcio + PyTorch, per request", n, in_flight, base, None))
-        for name, extra in _settings(n).items():
-            with serve_model(model.repository, extra) as server:
-                (level,) = load(server.target, num_samples=n, concurrency=(in_flight,), duration=args.duration,
-                                warmup=args.warmup, model=model.name, metrics_url=server.metrics_url).levels
-            rows.append(_row(name, n, in_flight, level, base.samples_per_s))
-            if extra == []:
-                multiple = level.samples_per_s / base.samples_per_s
-                verdicts.append(f"- N = {n}, {in_flight} in flight: {multiple:.2f}x the baseline (target >= "
-                                f"{target:g}x: {'met' if multiple >= target else 'missed'})")
+        # Every server of this load runs side by side and the rounds alternate between them, so that all
+        # see the same machine; the best round of each counts (others' work only ever slows a round down).
+        with contextlib.ExitStack() as stack:
+            servers = {BASELINE: stack.enter_context(serve_baseline(model.checkpoint))}
+            for name, extra in _settings(n).items():
+                servers[name] = stack.enter_context(serve_model(model.repository, extra))
+            rounds: dict[str, list[LevelResult]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, served in servers.items():
+                    rounds[name] += load(served.target, num_samples=n, concurrency=(in_flight,),
+                                         duration=args.duration, warmup=args.warmup, model=model.name,
+                                         metrics_url=served.metrics_url).levels
+        best = {name: max(levels, key=lambda r: r.samples_per_s) for name, levels in rounds.items()}
+        base = best[BASELINE].samples_per_s
+        rows.append(_row(BASELINE, n, in_flight, best[BASELINE], None))
+        rows += [_row(name, n, in_flight, level, base) for name, level in best.items() if name != BASELINE]
+        multiple = best[DEFAULT].samples_per_s / base
+        verdicts.append(f"- N = {n}, {in_flight} in flight: {multiple:.2f}x the baseline (target >= "
+                        f"{target:g}x: {'met' if multiple >= target else 'missed'})")
     table = markdown_table(["server", "N", "in flight", "samples/s", "p50 ms", "p99 ms",
                             "samples per batch (server)", "x baseline", "errors"], rows)
     body = (f"Closed loop, uint8, {args.duration:g} s per level after {args.warmup:g} s warm-up, one client "
-            f"process on the same 2 cores as the server; each server is started fresh for its row. The baseline "
+            f"process on the same 2 cores as the server. For each load, all four servers run side by side and "
+            f"{args.rounds} rounds alternate between them; the best round of each is shown. The baseline "
             f"is a `grpc.server(ThreadPoolExecutor(10))` decoding each request with PyTorch (default threads). "
             f"Samples per batch: the server's aegen_batch_size_samples histogram over the window.\n\n"
             f"{table}\n" + "\n".join(verdicts) + "\n")
@@ -87,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured per level")
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best per server counts")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return p
 

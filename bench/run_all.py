@@ -23,8 +23,8 @@ BENCHMARKS = {
     "d": memory,
     "e": train_export,
 }
-QUICK = {"a": ["--duration", "1", "--warmup", "0.3"], "b": ["--duration", "1", "--warmup", "0.3"],
-         "c": ["--duration", "1", "--warmup", "0.3"], "d": ["--duration", "5", "--warmup", "2"],
+QUICK = {"a": ["--duration", "1", "--warmup", "0.3"], "b": ["--duration", "1", "--warmup", "0.3", "--rounds", "1"],
+         "c": ["--duration", "1", "--warmup", "0.3", "--rounds", "1"], "d": ["--duration", "5", "--warmup", "2"],
          "e": ["--limit", "1000"]}
 
 
