@@ -1,0 +1,150 @@
+"""The serving half of `make demo`: start the server on a model repository, request samples over gRPC,
+write the grid PNG, print a metrics summary, stop the server.
+
+    python -m server.demo --repository model-repository --model digits-vae --out demo-out
+
+The server runs as a real process (`python -m server`) on 127.0.0.1 with free ports, exactly as
+`aegen-serve` would; the requests go through the client library and `aegen-sample`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from server import sample_cli
+from server.client import AegenClient
+
+
+class DemoError(Exception):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:
+    start = time.monotonic()
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() - start < timeout:
+            if proc.poll() is not None:
+                raise DemoError(f"the server exited with code {proc.returncode} before it was ready")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - start
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise DemoError(f"the server was not SERVING after {timeout:.0f} s")
+
+
+async def _concurrent_requests(target: str, model: str, calls: int, n: int) -> None:
+    """Many small concurrent calls, so that the batcher has something to merge."""
+    from protos.aegen.v1 import generator_pb2 as pb
+    from protos.aegen.v1 import generator_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GeneratorServiceStub(channel)
+        await asyncio.gather(*(stub.GenerateSamples(pb.GenerateSamplesRequest(
+            model_name=model, num_samples=n, seed=i)) for i in range(calls)))
+
+
+def metrics_summary(exposition: str) -> list[str]:
+    sums: dict[str, float] = {}
+    info = []
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == "aegen_model_info":
+                info.append(f"{s.labels.get('name')} v{s.labels.get('version')} on {s.labels.get('device')} "
+                            f"({s.labels.get('execution_provider')})")
+            elif s.name.endswith(("_sum", "_count", "_total")) and s.name.startswith("aegen_"):
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+
+    def mean_ms(name: str) -> str:
+        count = sums.get(f"{name}_count", 0.0)
+        return f"{1e3 * sums.get(f'{name}_sum', 0.0) / count:.2f} ms" if count else "n/a"
+
+    batches = sums.get("aegen_batch_size_samples_count", 0.0)
+    return [
+        "serving: " + ("; ".join(info) or "n/a"),
+        f"requests: {sums.get('aegen_requests_total', 0):.0f}, "
+        f"samples generated: {sums.get('aegen_samples_generated_total', 0):.0f}",
+        f"batches decoded: {batches:.0f}, mean batch "
+        f"{sums.get('aegen_batch_size_samples_sum', 0) / batches if batches else 0:.1f} samples",
+        f"mean request duration {mean_ms('aegen_request_duration_seconds')}, queue wait "
+        f"{mean_ms('aegen_queue_wait_seconds')}, inference {mean_ms('aegen_inference_duration_seconds')}",
+    ]
+
+
+def run(repository: Path, model: str, out: Path, device: str) -> None:
+    port, metrics_port = _free_port(), _free_port()
+    target = f"127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
+           "--port", str(port), "--metrics-port", str(metrics_port), "--device", device,
+           "--repository-poll-seconds", "0", "--log-level", "WARNING"]
+    print(f"starting the server: {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        print(f"ready after {_wait_serving(target, proc):.1f} s (health SERVING)", flush=True)
+        with AegenClient(target) as client:
+            for m in client.list_models():
+                print(f"model {m.name}: kind {m.kind}, latent {m.latent_dim}, versions {list(m.versions)}")
+        grid = out / "served-samples.png"
+        code = sample_cli.main(["--target", target, "--model", model, "-n", "64", "--seed", "7",
+                                "-o", str(grid)])
+        if code != 0:
+            raise DemoError(f"aegen-sample failed with exit code {code}")
+        asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            for line in metrics_summary(r.read().decode()):
+                print(f"  {line}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=60)
+                print(f"server stopped on SIGTERM (exit code {code})")
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print("server did not stop within 60 s; killed", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=Path("model-repository"))
+    p.add_argument("--model", default="digits-vae")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    args = p.parse_args(argv)
+    if not args.repository.is_dir():
+        print(f"error: {args.repository}: no such model repository (run aegen-export first)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args.repository, args.model, args.out, args.device)
+    except (DemoError, grpc.RpcError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
