@@ -39,8 +39,12 @@ $(CHECKOV):
 test: tools
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q tests
 
+# The whole pipeline on the embedded digits: train (or reuse runs/demo-vae), export (or reuse the version
+# exported from the same weights), serve, request samples over gRPC, print a metrics summary, stop.
 demo: venv
 	$(BIN)/python -m training.demo
+	$(BIN)/aegen-export runs/demo-vae --repository model-repository --name digits-vae --fp16 --if-changed --figures demo-out
+	$(BIN)/python -m server.demo --repository model-repository --model digits-vae --out demo-out
 
 proto: venv
 	$(BIN)/python -m protos.generate

@@ -22,9 +22,9 @@ from typing import NoReturn
 from export.exporter import ExportConfig, export_checkpoint
 from export.latent_samplers import SamplerFitError
 from export.onnx_graphs import DEFAULT_OPSET, EXPORTERS, ExportError
-from export.repository import RepositoryError
+from export.repository import ModelVersion, RepositoryError, list_versions, load_version
 from export.verify import VerificationError, VerifyConfig
-from training.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError, weights_sha256
 from training.data import DataError
 
 EXIT_BAD_INPUT = 2
@@ -46,7 +46,7 @@ def _env_int(name: str, default: int | None) -> int | None:
         raise ExportError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
-def parse_args(argv: list[str] | None) -> ExportConfig:
+def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                 epilog="Environment: AEGEN_REPOSITORY, AEGEN_DATA_DIR, AEGEN_THREADS, AEGEN_EXPORT_OPSET.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory written by aegen-train")
@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
     p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS", None),
                    help="CPU threads for torch and onnxruntime (env AEGEN_THREADS)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal anyway)")
+    p.add_argument("--if-changed", action="store_true",
+                   help="do nothing when the newest version was exported from these exact weights")
     a = p.parse_args(argv)
     if a.repository is None:
         p.error("--repository is required (or set AEGEN_REPOSITORY)")
@@ -83,13 +85,29 @@ def parse_args(argv: list[str] | None) -> ExportConfig:
                         quality_samples=a.quality_samples, figures=a.figures, threads=a.threads,
                         progress=not a.no_progress and sys.stderr.isatty(),
                         exporter=a.exporter,
-                        verify=VerifyConfig(big_batch=a.big_batch))
+                        verify=VerifyConfig(big_batch=a.big_batch)), a.if_changed
+
+
+def already_exported(config: ExportConfig) -> ModelVersion | None:
+    """The newest version of config.name, if it was exported from the same checkpoint weights."""
+    if not (config.repository / config.name).is_dir() or not list_versions(config.repository, config.name):
+        return None
+    try:
+        weights = weights_sha256(config.checkpoint)
+    except OSError:
+        return None  # the export proper reports the missing checkpoint in its own words
+    newest = load_version(config.repository, config.name)
+    return newest if newest.manifest.checkpoint_sha256 == weights else None
 
 
 def main(argv: list[str] | None = None) -> int:
     expected = (CheckpointError, DataError, ExportError, VerificationError, SamplerFitError, RepositoryError)
     try:
-        export_checkpoint(parse_args(argv))
+        config, if_changed = parse_args(argv)
+        if if_changed and (same := already_exported(config)) is not None:
+            print(f"{PROG}: {same.path} was exported from these weights already; nothing to do")
+            return 0
+        export_checkpoint(config)
     except expected as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
