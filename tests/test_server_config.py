@@ -43,7 +43,8 @@ def test_flag_table_lists_every_field_with_its_environment_variable():
     (["--max-queue-samples", "10"], {}, "--max-queue-samples"),
     (["--grace-seconds", "nan"], {}, "--grace-seconds"),
     (["--device", "cpu", "--gpu-mem-limit", "1000"], {}, "--gpu-mem-limit"),
-    (["--workers", "2"], {}, "--workers"),
+    (["--workers", "0"], {}, "--workers"),
+    (["--workers", "2", "--port", "0"], {}, "--workers"),
     (["--no-such-flag"], {}, "--no-such-flag"),
 ])
 def test_bad_values_raise_config_error_naming_the_setting(argv, env, words):

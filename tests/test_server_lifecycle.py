@@ -125,7 +125,7 @@ def test_bad_configuration_is_one_line_on_stderr_and_exit_code_2(model_repositor
     cases = [
         ["--port", "not-a-port"],
         ["--device", "gpu"],
-        ["--workers", "4"],
+        ["--workers", "0"],
         ["--device", "cpu", "--cuda-graphs"],
         ["--repository", str(tmp_path / "missing"), "--port", "0", "--metrics-port", "0"],
     ]
