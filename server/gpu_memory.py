@@ -86,13 +86,15 @@ class GpuMemoryGauges:
 
     def refresh(self) -> bool:
         """Read once; False once the metric is off (then stop calling)."""
-        reading = self.memory.read()
+        self.publish(self.memory.read())
+        return not self.memory.broken
+
+    def publish(self, reading: tuple[int, int] | None) -> None:
         if reading is None:
             # A worker's metric file cannot forget a value: NaN says "unknown" instead of a stale figure.
             reading = (float("nan"), float("nan"))
         self._used.set(reading[0])
         self._total.set(reading[1])
-        return not self.memory.broken
 
 
 def gpu_memory_metrics(registry: CollectorRegistry, *, multiprocess: bool,
@@ -108,12 +110,13 @@ def gpu_memory_metrics(registry: CollectorRegistry, *, multiprocess: bool,
                     extra={"looked_for": list(CUDART_SONAMES)})
         return None
     memory = GpuMemory(runtime)
-    if memory.read() is None:  # logged; creating the gauges now would publish zeros
+    reading = memory.read()
+    if reading is None:  # logged; creating the gauges now would publish zeros
         return None
     log.info("GPU memory metric on", extra={"library": runtime.name})
     if multiprocess:
         gauges = GpuMemoryGauges(memory, registry)
-        gauges.refresh()
+        gauges.publish(reading)
         return gauges
     collector = GpuMemoryCollector(memory)
     registry.register(collector)
