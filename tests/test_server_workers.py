@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,6 +97,43 @@ def test_promtool_accepts_the_merged_metrics(workers_server):
     result = subprocess.run([promtool, "check", "metrics"], input=workers_server.metrics_text(), text=True,
                             check=False, capture_output=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_WORKER_METRICS = """
+from server.cudart import CudaRuntime
+from server.gpu_memory import gpu_memory_metrics
+from server.metrics import ServerMetrics
+
+def mem_get_info(free, total):
+    free.contents.value, total.contents.value = 3 << 30, 80 << 30
+    return 0
+
+metrics = ServerMetrics(multiprocess=True)
+metrics.model_loaded("m", 1, "cuda", "CUDAExecutionProvider")
+metrics.model_loaded("m", 2, "cuda", "CUDAExecutionProvider")
+metrics.model_unloaded("m", 1)
+gpu_memory_metrics(metrics.registry, multiprocess=True, find_runtime=lambda: CudaRuntime(mem_get_info))
+"""
+
+
+def test_merged_metrics_drop_retired_versions_and_keep_worker_gpu_memory(tmp_path):
+    # Two worker processes' metric files (real multiprocess mode), served by the parent's /metrics.
+    from server.metrics import serve_multiprocess
+
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", _WORKER_METRICS], cwd=ROOT, check=True, timeout=60,
+                       env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    port = free_port()
+    http = serve_multiprocess("127.0.0.1", port, str(tmp_path))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            samples = [s for f in text_string_to_metric_families(response.read().decode()) for s in f.samples]
+    finally:
+        http.shutdown()
+    infos = [s for s in samples if s.name == "aegen_model_info"]
+    assert [s.labels["version"] for s in infos] == ["2", "2"] and len({s.labels["pid"] for s in infos}) == 2
+    gpu = {s.name: s.value for s in samples if s.name.startswith("aegen_gpu_memory")}
+    assert gpu == {"aegen_gpu_memory_used_bytes": 77 << 30, "aegen_gpu_memory_total_bytes": 80 << 30}
 
 
 def test_sigterm_lets_calls_in_flight_on_every_worker_finish_then_exits_zero(model_repository, tmp_path):
