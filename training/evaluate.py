@@ -108,7 +108,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
     root_a = _sqrtm_psd(cov_a)
     cross = np.sqrt(np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(min=0)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+    distance = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross
+    return float(max(distance, 0.0))  # rounding in the eigenvalues can leave −1e-5 for identical sets
 
 
 def _as_images(images: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
