@@ -57,21 +57,32 @@ def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repo
 
 
 def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(server_factory):
-    # Requests wait up to 1 s for company, so they are still queued when SIGTERM arrives.
+    # A lone request on an idle batcher is decoded at once, so a large one goes first and keeps the
+    # decoder busy; the small calls queue behind it and then wait up to 1 s for company, so they are
+    # still queued when SIGTERM arrives.
     server = server_factory("--max-queue-delay-us", "1000000", "--grace-seconds", "20")
     channel, updates = _watch(server.target)
     assert next(updates).status == SERVING
-    with AegenClient(server.target, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+    with AegenClient(server.target, timeout=60) as client, ThreadPoolExecutor(9) as pool:
+        big = pool.submit(client.generate, VAE, 65536, seed=99)
         calls = [pool.submit(client.generate, VAE, 10, seed=s) for s in range(8)]
-        _wait_for_metric(server, "aegen_requests_in_flight 8.0")
+        _wait_until(lambda: _in_flight(server) >= 7, "at least 7 calls in flight")
         server.process.send_signal(15)
         assert next(updates).status == NOT_SERVING
         results = [c.result(timeout=60) for c in calls]
+        assert big.result(timeout=60).images.shape[0] == 65536
     channel.close()
     assert [r.images.shape[0] for r in results] == [10] * 8
     assert server.process.wait(60) == 0
     log = server.log_text()
     assert '"shutting down"' in log and '"stopped"' in log
+
+
+def _in_flight(server) -> float:
+    for line in server.metrics_text().splitlines():
+        if line.startswith("aegen_requests_in_flight "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def test_full_queue_answers_resource_exhausted_at_once_without_memory_growth(server_factory):

@@ -205,6 +205,10 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
             save()
 
 
+def _num(value, spec: str = ",.0f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# GPU benchmarks ({m.get('gpu', 'no GPU')})", "",
@@ -225,16 +229,15 @@ def markdown(results: dict) -> str:
         lines.append(f"\n- {r['variant']} at batch {r['batch']}: {r['error']}")
     lines += ["", "## (b) The server end to end (gRPC on loopback, same machine)", ""]
     for name, entry in results.get("server", {}).items():
-        lines.append(f"### {name}: `{' '.join(entry['flags'])}` (ready after {entry.get('ready_s', float('nan')):.1f} s)")
+        lines.append(f"### {name}: `{' '.join(entry['flags'])}` (ready after {_num(entry.get('ready_s'), '.1f')} s)")
         lines.append("")
         lines.append("| N | dtype | in flight | client procs | calls/s | samples/s | MB/s | p50 ms | p99 ms | errors |")
         lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in entry["rows"]:
-            lat = r["latency_ms"]
+            lat = r["latency_ms"] or {}
             lines.append(f"| {r['n']} | {r['dtype']} | {r['concurrency']} | {r['processes']} | "
-                         f"{r['requests_per_s']:,.0f} | {r['samples_per_s']:,.0f} | {r['mb_per_s']:,.0f} | "
-                         f"{lat.get('p50', float('nan')):.2f} | {lat.get('p99', float('nan')):.2f} | "
-                         f"{r['errors'] or 0} |")
+                         f"{_num(r['requests_per_s'])} | {_num(r['samples_per_s'])} | {_num(r['mb_per_s'])} | "
+                         f"{_num(lat.get('p50'), '.2f')} | {_num(lat.get('p99'), '.2f')} | {r['errors'] or 0} |")
         for e in entry.get("errors", []):
             lines.append(f"\n- error: {e}")
         lines.append("")
