@@ -84,12 +84,12 @@ def metrics_summary(exposition: str) -> list[str]:
     batches = sums.get("aegen_batch_size_samples_count", 0.0)
     return [
         "serving: " + ("; ".join(info) or "n/a"),
-        f"requests: {sums.get('aegen_requests_total', 0):.0f}, "
-        f"samples generated: {sums.get('aegen_samples_generated_total', 0):.0f}",
-        f"batches decoded: {batches:.0f}, mean batch "
-        f"{sums.get('aegen_batch_size_samples_sum', 0) / batches if batches else 0:.1f} samples",
-        f"mean request duration {mean_ms('aegen_request_duration_seconds')}, queue wait "
-        f"{mean_ms('aegen_queue_wait_seconds')}, inference {mean_ms('aegen_inference_duration_seconds')}",
+        (f"requests: {sums.get('aegen_requests_total', 0):.0f}, "
+         f"samples generated: {sums.get('aegen_samples_generated_total', 0):.0f}"),
+        (f"batches decoded: {batches:.0f}, mean batch "
+         f"{sums.get('aegen_batch_size_samples_sum', 0) / batches if batches else 0:.1f} samples"),
+        (f"mean request duration {mean_ms('aegen_request_duration_seconds')}, queue wait "
+         f"{mean_ms('aegen_queue_wait_seconds')}, inference {mean_ms('aegen_inference_duration_seconds')}"),
     ]
 
 

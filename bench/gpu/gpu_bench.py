@@ -60,18 +60,18 @@ def machine_info() -> dict:
         info["torch"] = "absent"
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
         info["gpu"] = out.stdout.strip()
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
         info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                            capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
-        pass
+                                            capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        info["git_commit"] = f"unknown ({exc})"
     return info
 
 
@@ -85,7 +85,7 @@ class Server:
                "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                "--repository-poll-seconds", "0", "--log-level", "WARNING", *flags]
         self.cmd = cmd
-        self.log = open(self.log_path, "wb")
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server process
         self.proc = subprocess.Popen(cmd, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -148,7 +148,8 @@ def loadtest(server: Server, model: str, n: int, dtype: str, concurrency: str, d
            "--metrics-url", server.metrics_url, "--out", str(out), "--no-png",
            "--max-level-time", str(duration + 20)]
     levels = len(concurrency.split(","))
-    done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=levels * (duration + 30) + 30)
+    done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=levels * (duration + 30) + 30,
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"loadtest exit {done.returncode}: {done.stderr[-1500:]}")
     report = json.loads((out / "loadtest.json").read_text())
@@ -195,7 +196,7 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
                 metrics = server.metrics()
                 entry["metrics_excerpt"] = [line for line in metrics.splitlines()
                                             if line.startswith(("aegen_model_info", "aegen_gpu_memory"))]
-            except Exception as exc:  # noqa: BLE001
+            except OSError as exc:
                 entry["metrics_excerpt"] = [f"unavailable: {exc}"]
         except Exception as exc:  # noqa: BLE001
             entry.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
@@ -212,9 +213,9 @@ def _num(value, spec: str = ",.0f") -> str:
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# GPU benchmarks ({m.get('gpu', 'no GPU')})", "",
-             f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, Python {m.get('python')}, "
-             f"{m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), commit {m.get('git_commit', '?')}, "
-             f"device {results['device']}, model {results['model']} (latent {results.get('latent_dim')}).", "",
+             (f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, Python {m.get('python')}, "
+              f"{m.get('cpus')} CPUs ({m.get('cpu_model', '?')}), commit {m.get('git_commit', '?')}, "
+              f"device {results['device']}, model {results['model']} (latent {results.get('latent_dim')})."), "",
              "## (a) In-process decoding, host to host, samples/s", ""]
     rows = [r for r in results.get("inprocess", []) if "samples_per_s" in r]
     variants = list(dict.fromkeys(r["variant"] for r in rows))

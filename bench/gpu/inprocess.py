@@ -177,7 +177,7 @@ def run(repository: Path, model: str, checkpoint: Path | None, device: str, batc
             try:
                 cell = _time(fn, batch, min_seconds)
                 rows.append({**cell.__dict__, "variant": name})
-            except Exception as exc:  # one failing variant must not lose the others' numbers
+            except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others' numbers
                 rows.append({"variant": name, "batch": batch, "error": f"{type(exc).__name__}: {exc}"})
             print(json.dumps(rows[-1]), flush=True)
     return rows
