@@ -20,26 +20,40 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.aegen.v1 import generator_pb2_grpc
 from server.client import CHANNEL_OPTIONS, AegenClient
-from tests.plugins.server import ROOT, copy_repository, free_port, start_aegen_server
+from tests.plugins.server import ROOT, copy_repository, free_port, launch_aegen_server, wait_until_serving
 
 VAE = "digits-vae"
 CHANNELS = 24  # the kernel spreads connections at random: all 24 on one of 2 workers has odds 2^-23
 
 
-def _start_workers(model_repository: Path, tmp: Path, *flags: str):
+def _start_workers(model_repository: Path, tmp: Path, started: list, *flags: str):
     # TMPDIR shows where the parent put PROMETHEUS_MULTIPROC_DIR, so a test can see it removed.
     (tmp / "tmp").mkdir(exist_ok=True)
-    server = start_aegen_server(copy_repository(model_repository, tmp / "repository"), tmp, "--workers", "2",
-                                *flags, env={"TMPDIR": str(tmp / "tmp")})
+    server = launch_aegen_server(copy_repository(model_repository, tmp / "repository"), tmp, "--workers", "2",
+                                 *flags, env={"TMPDIR": str(tmp / "tmp")})
+    started.append(server)  # the caller stops it, whatever happens next
+    wait_until_serving(server)
     _wait_until(lambda: len(_model_info(server)) == 4, "both workers to load both models")
     return server
 
 
 @pytest.fixture(scope="module")
 def workers_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = _start_workers(model_repository, tmp_path_factory.mktemp("workers"))
-    yield server
-    server.stop()
+    started: list = []
+    try:
+        yield _start_workers(model_repository, tmp_path_factory.mktemp("workers"), started)
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def start_workers(model_repository: Path, tmp_path: Path):
+    """start_workers(*flags) → a --workers 2 server with both workers warm; stopped at teardown."""
+    started: list = []
+    yield lambda *flags: _start_workers(model_repository, tmp_path, started, *flags)
+    for server in started:
+        server.stop()
 
 
 def test_same_seed_same_bytes_whichever_worker_answers(workers_server):
@@ -136,16 +150,23 @@ def test_merged_metrics_drop_retired_versions_and_keep_worker_gpu_memory(tmp_pat
     assert gpu == {"aegen_gpu_memory_used_bytes": 77 << 30, "aegen_gpu_memory_total_bytes": 80 << 30}
 
 
-def test_sigterm_lets_calls_in_flight_on_every_worker_finish_then_exits_zero(model_repository, tmp_path):
-    # Requests wait up to 1 s for company, so they are still queued when SIGTERM arrives.
-    server = _start_workers(model_repository, tmp_path, "--max-queue-delay-us", "1000000", "--grace-seconds", "20")
+def test_sigterm_lets_calls_in_flight_finish_then_every_worker_and_the_parent_exit_zero(start_workers, tmp_path):
+    # A worker's first call finds its batcher idle and is decoded at once; the others wait up to 3 s for
+    # company, so they are still queued when SIGTERM arrives.
+    server = start_workers("--max-queue-delay-us", "3000000", "--grace-seconds", "20")
     workers = _worker_pids(server)
     assert len(_metrics_directories(tmp_path)) == 1
     clients = [_own_connection(server.target) for _ in range(8)]
     try:
+        for client in clients:  # connected before the first call, so the calls arrive close together
+            grpc.channel_ready_future(client.channel).result(timeout=30)
         with ThreadPoolExecutor(8) as pool:
             calls = [pool.submit(c.generate, VAE, 10, seed=s) for s, c in enumerate(clients)]
-            _wait_until(lambda: "aegen_requests_in_flight 8.0" in server.metrics_text(), "8 calls in flight")
+            def all_arrived_some_queued() -> bool:
+                in_flight = _samples(server.metrics_text())[("aegen_requests_in_flight", ())]
+                return in_flight >= 2 and in_flight + sum(c.done() for c in calls) == 8
+
+            _wait_until(all_arrived_some_queued, "all 8 calls to arrive, some still queued")
             server.process.send_signal(signal.SIGTERM)
             results = [c.result(timeout=60) for c in calls]
     finally:
@@ -159,8 +180,8 @@ def test_sigterm_lets_calls_in_flight_on_every_worker_finish_then_exits_zero(mod
     assert log.count('"shutting down"') == 2 and '"shutting down workers"' in log
 
 
-def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_non_zero(model_repository, tmp_path):
-    server = _start_workers(model_repository, tmp_path)
+def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_non_zero(start_workers, tmp_path):
+    server = start_workers()
     victim, survivor = _worker_pids(server)
     os.kill(victim, signal.SIGKILL)
     assert server.process.wait(60) != 0
