@@ -210,6 +210,21 @@ def _num(value, spec: str = ",.0f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def train_on_device(device: str, work: Path) -> dict:
+    """aegen-train on the device: the training path of `--device cuda`, and its images/s."""
+    epochs = 3
+    cmd = [sys.executable, "-m", "training.train", "--kind", "vae", "--arch", "conv", "--latent-dim", "16",
+           "--epochs", str(epochs), "--device", device, "--out", str(work / "train-ckpt"), "--overwrite",
+           "--no-progress"]
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=240, check=False)
+    wall = time.monotonic() - start
+    config = json.loads((work / "train-ckpt" / "config.json").read_text()) if done.returncode == 0 else {}
+    return {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "wall_s": round(wall, 1),
+            "images_per_s_incl_startup": round(9000 * epochs / wall), "metrics": config.get("metrics"),
+            "output_tail": (done.stdout + done.stderr)[-1500:]}
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [f"# GPU benchmarks ({m.get('gpu', 'no GPU')})", "",
@@ -242,6 +257,11 @@ def markdown(results: dict) -> str:
         for e in entry.get("errors", []):
             lines.append(f"\n- error: {e}")
         lines.append("")
+    if "train" in results:
+        t = results["train"]
+        lines += ["## Training on the device", "",
+                  (f"`{t['command']}`: exit {t['exit_code']}, {t['wall_s']} s wall, "
+                   f"≈ {t['images_per_s_incl_startup']:,} images/s including start-up; metrics {t['metrics']}"), ""]
     if "parity" in results:
         lines += ["## (c) CUDA vs CPU", "", "```", json.dumps(results["parity"], indent=2), "```"]
     return "\n".join(lines) + "\n"
@@ -255,7 +275,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--quick", action="store_true", help="a rehearsal: fewer batches, shorter levels")
-    p.add_argument("--parts", default="inprocess,parity,server")
+    p.add_argument("--parts", default="inprocess,parity,train,server")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="aegen-gpu-"))
@@ -277,6 +297,7 @@ def main() -> int:
             version, np.random.default_rng(1).standard_normal((4096, version.manifest.latent_dim),
                                                               dtype=np.float32)))
          if a.device == "cuda" else None),
+        ("train", lambda: results.__setitem__("train", train_on_device(a.device, work))),
         ("server", lambda: server_runs(a.repository, a.model, a.device, a.quick, work, results, save)),
     ]
     for name, step in steps:
