@@ -163,6 +163,16 @@ def loadtest(server: Server, model: str, n: int, dtype: str, concurrency: str, d
     return rows
 
 
+def seed_digest(target: str, model: str) -> str:
+    """SHA-256 of 1,000 uint8 samples for seed 7: equal across server variants on the same device."""
+    import hashlib
+
+    from server.client import AegenClient
+
+    with AegenClient(target, timeout=60) as client:
+        return hashlib.sha256(client.generate(model, 1000, seed=7).images.tobytes()).hexdigest()
+
+
 def server_runs(repository: Path, model: str, device: str, quick: bool, work: Path,
                 results: dict, save) -> None:
     d = 1.0 if quick else 3.0
@@ -186,6 +196,7 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
         server = Server(repository, device, *flags, log_dir=work)
         try:
             entry["ready_s"] = server.wait_ready()
+            entry["seed7_sha256"] = seed_digest(server.target, model)
             for n, dtype, conc, procs in runs:
                 try:
                     entry["rows"] += loadtest(server, model, n, dtype, conc, d, procs, work)
@@ -193,6 +204,7 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
                     entry.setdefault("errors", []).append(f"N={n} {dtype} c={conc}: {exc}")
                 save()
             try:
+                entry["seed7_sha256_after_load"] = seed_digest(server.target, model)
                 metrics = server.metrics()
                 entry["metrics_excerpt"] = [line for line in metrics.splitlines()
                                             if line.startswith(("aegen_model_info", "aegen_gpu_memory"))]
@@ -254,6 +266,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['n']} | {r['dtype']} | {r['concurrency']} | {r['processes']} | "
                          f"{_num(r['requests_per_s'])} | {_num(r['samples_per_s'])} | {_num(r['mb_per_s'])} | "
                          f"{_num(lat.get('p50'), '.2f')} | {_num(lat.get('p99'), '.2f')} | {r['errors'] or 0} |")
+        lines.append(f"seed 7, 1,000 uint8 samples: sha256 {entry.get('seed7_sha256', '?')[:16]}…")
         for e in entry.get("errors", []):
             lines.append(f"\n- error: {e}")
         lines.append("")
