@@ -40,11 +40,11 @@ def _plot(echo: LoadTestReport, served: LoadTestReport, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for report, label in ((echo, "echo (no inference)"), (served, "aegen server")):
+    for report, label, colour in ((echo, "echo (no inference)", "tab:blue"), (served, "aegen server", "tab:orange")):
         xs = [r.concurrency for r in report.levels]
-        ax1.plot(xs, [r.requests_per_s for r in report.levels], "o-", label=label)
-        ax2.plot(xs, [r.latency_ms["p50"] for r in report.levels], "o-", label=f"{label} p50")
-        ax2.plot(xs, [r.latency_ms["p99"] for r in report.levels], "x--", label=f"{label} p99")
+        ax1.plot(xs, [r.requests_per_s for r in report.levels], "o-", color=colour, label=label)
+        ax2.plot(xs, [r.latency_ms["p50"] for r in report.levels], "o-", color=colour, label=f"{label} p50")
+        ax2.plot(xs, [r.latency_ms["p99"] for r in report.levels], "x--", color=colour, label=f"{label} p99")
     for ax, ylabel in ((ax1, "calls/s (N = 1)"), (ax2, "latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("calls in flight")
