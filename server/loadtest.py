@@ -492,6 +492,8 @@ def _measure(config: LoadTestConfig, level: float, executor: concurrent.futures.
     if config.requests is None:
         _sleep_until(start_at + config.warmup + config.duration, futures)
     else:
+        # With a request count the window ends when the last process reaches its share; the scrape
+        # after it also sees the few calls that were still in flight then.
         concurrent.futures.wait(futures, timeout=config.max_level_time)
     metrics.after = metrics.scrape()
     raws = [f.result(timeout=config.max_level_time + config.call_timeout + 5.0) for f in futures]
@@ -742,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP/2 connections per client process")
     p.add_argument("--processes", type=int, default=_env("processes", d.processes),
                    help="client processes sharing the load (one Python client saturates about one core)")
-    p.add_argument("--tls", action="store_true", default=bool(_env("tls", "")))
+    p.add_argument("--tls", action="store_true",
+                   default=str(_env("tls", "")).lower() in ("1", "true", "yes", "on"))
     p.add_argument("--ca", default=_env("ca", None), help="PEM root certificate (implies --tls)")
     p.add_argument("--metrics-url", default=_env("metrics_url", None),
                    help="the server's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics")
