@@ -56,6 +56,7 @@ class ServerConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default
     workers: int = 1
     cuda_graphs: bool = False
+    cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
     gpu_mem_limit: int = 0  # bytes; 0: unlimited
 
@@ -88,6 +89,8 @@ class ServerConfig:
             raise ConfigError("--workers > 1 needs a fixed --port: with 0 each worker would get its own port")
         if self.device == "cpu" and self.cuda_graphs:
             raise ConfigError("--cuda-graphs needs the CUDA execution provider; it makes no sense with --device cpu")
+        if self.device == "cpu" and self.cuda_tf32:
+            raise ConfigError("--cuda-tf32 needs the CUDA execution provider; it makes no sense with --device cpu")
         if self.device == "cpu" and self.gpu_mem_limit:
             raise ConfigError("--gpu-mem-limit needs the CUDA execution provider; it makes no sense with --device cpu")
 
@@ -166,6 +169,7 @@ _HELP = {
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
     "workers": "server processes sharing the port (SO_REUSEPORT), each with its own sessions and batcher",
     "cuda_graphs": "capture a CUDA graph per batch-size bucket (CUDA only)",
+    "cuda_tf32": "let float32 matrix products use TF32 tensor cores: faster, ~1e-3 off exact (CUDA only)",
     "cudnn_conv_algo_search": "cuDNN convolution algorithm search (CUDA only)",
     "gpu_mem_limit": "CUDA memory arena limit in bytes (0: unlimited; CUDA only)",
 }

@@ -32,13 +32,15 @@ class ExecutionConfig:
     device: str = "auto"  # "auto" | "cuda" | "cpu"
     intra_op_threads: int = 0
     cuda_graphs: bool = False
+    cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
     gpu_mem_limit: int = 0
 
     @classmethod
     def from_server_config(cls, config: ServerConfig) -> ExecutionConfig:
         return cls(device=config.device, intra_op_threads=config.intra_op_threads,
-                   cuda_graphs=config.cuda_graphs, cudnn_conv_algo_search=config.cudnn_conv_algo_search,
+                   cuda_graphs=config.cuda_graphs, cuda_tf32=config.cuda_tf32,
+                   cudnn_conv_algo_search=config.cudnn_conv_algo_search,
                    gpu_mem_limit=config.gpu_mem_limit)
 
 
@@ -61,6 +63,9 @@ class Device:
             # EXHAUSTIVE re-benchmarks every new input shape, which is every new batch size.
             "cudnn_conv_algo_search": self.execution.cudnn_conv_algo_search,
             "do_copy_in_default_stream": "1",
+            # onnxruntime enables TF32 by default; on an H200 that put CUDA 1.8e-3 away from the CPU's
+            # float32 (bench/gpu, decoder MLP), enough to flip uint8 pixels. Exact unless asked.
+            "use_tf32": "1" if self.execution.cuda_tf32 else "0",
         }
         if self.execution.gpu_mem_limit:
             options["gpu_mem_limit"] = str(self.execution.gpu_mem_limit)
@@ -82,8 +87,8 @@ def select_device(execution: ExecutionConfig) -> Device:
                           "and the CUDA libraries, or use --device cpu")
     log.warning("no CUDA execution provider; decoding on CPU",
                 extra={"available_providers": ort.get_available_providers()})
-    if execution.cuda_graphs or execution.gpu_mem_limit:
-        log.warning("--cuda-graphs and --gpu-mem-limit are ignored on CPU")
+    if execution.cuda_graphs or execution.gpu_mem_limit or execution.cuda_tf32:
+        log.warning("--cuda-graphs, --cuda-tf32 and --gpu-mem-limit are ignored on CPU")
     return Device("cpu", execution)
 
 

@@ -48,7 +48,7 @@ def _time(fn: Callable[[], object], batch: int, min_seconds: float) -> Cell:
 
 def _providers(device: str, **cuda_options: str) -> list:
     if device == "cuda":
-        opts = {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", **cuda_options}
+        opts = {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", **cuda_options}
         return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -88,6 +88,10 @@ def ort_variants(version: ModelVersion, device: str, batch: int, seeds: np.ndarr
 
     if device != "cuda":
         return variants
+
+    # TF32 tensor cores for the float32 matrix products (the server's --cuda-tf32).
+    u8_tf32 = _session(version.graph_path("decoder_uint8"), device, use_tf32="1")
+    variants["ort_run_uint8_tf32"] = lambda: u8_tf32.run(None, {in_name: seeds})[0]
 
     # IO binding: seeds copied once to the device, images copied once into a preallocated host buffer.
     host_u8 = np.empty(shape, dtype=np.uint8)
@@ -155,8 +159,10 @@ def max_abs_diff_cuda_vs_cpu(version: ModelVersion, seeds: np.ndarray) -> dict[s
     gpu = _session(version.graph_path("decoder"), "cuda").run(None, {in_name: seeds})[0]
     cpu8 = _session(version.graph_path("decoder_uint8"), "cpu").run(None, {in_name: seeds})[0]
     gpu8 = _session(version.graph_path("decoder_uint8"), "cuda").run(None, {in_name: seeds})[0]
+    tf32 = _session(version.graph_path("decoder"), "cuda", use_tf32="1").run(None, {in_name: seeds})[0]
     return {
         "fp32_max_abs_diff": float(np.abs(cpu - gpu).max()),
+        "fp32_max_abs_diff_with_tf32": float(np.abs(cpu - tf32).max()),
         "uint8_max_abs_diff": int(np.abs(cpu8.astype(np.int16) - gpu8.astype(np.int16)).max()),
         "uint8_share_differing": float((cpu8 != gpu8).mean()),
         "samples": len(seeds),
