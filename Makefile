@@ -46,6 +46,10 @@ demo: venv
 	$(BIN)/aegen-export runs/demo-vae --repository model-repository --name digits-vae --fp16 --if-changed --figures demo-out
 	$(BIN)/python -m server.demo --repository model-repository --model digits-vae --out demo-out
 
+# The AE-vs-VAE report in docs/report (about 10 minutes on one CPU core; reuses matching checkpoints in runs/report).
+report: venv
+	OMP_NUM_THREADS=1 $(BIN)/aegen-report --out docs/report --runs runs/report --threads 1
+
 proto: venv
 	$(BIN)/python -m protos.generate
 
