@@ -1,10 +1,10 @@
 """Dynamic batching of decode requests for one model version (asyncio; no gRPC in here).
 
 Requests wait in a bounded queue, one FIFO per output dtype. The batcher takes up to `max_batch_size`
-samples, waiting at most `max_queue_delay_us` after the oldest request arrived for others to join; a
-single request that finds the batcher idle is decoded at once (no one is there to join it, and those who
-come during its decode form the next batch). A request larger than a batch is split across consecutive
-batches. Each request brings its own latents
+samples, waiting at most `max_queue_delay_us` after the oldest request arrived for others to join. With
+the default delay of 0 a batch is whatever queued while the previous batch was decoding: no request waits
+for company it may never get, and under load batches still grow by themselves. A request larger than a
+batch is split across consecutive batches. Each request brings its own latents
 (drawn from its own generator, so its samples do not depend on its neighbours); they are drawn on the
 inference thread when the request's first rows are batched. Decoding runs on one thread per batcher, so
 the event loop only moves bookkeeping.
@@ -30,7 +30,7 @@ from server.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingD
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch_size: int = 8192
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 0
     max_queue_samples: int = 262144
 
 
@@ -156,21 +156,15 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        from_idle = True  # a batcher starts idle
         while True:
             if not any(self._queues.values()):
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                from_idle = True
                 continue
             dtype = self._oldest_dtype()
-            # A lone request that finds the decoder idle goes at once: waiting could only add latency,
-            # since under load the requests that arrive during a decode form the next batch anyway.
-            if not (from_idle and len(self._queues[dtype]) == 1):
-                await self._wait_for_batch(dtype)
-            from_idle = False
+            await self._wait_for_batch(dtype)
             batch = self._take(dtype)
             if not batch.pieces:
                 continue

@@ -42,7 +42,7 @@ class ServerConfig:
     metrics_port: int = 9464  # 0 disables the metrics endpoint
     device: str = "auto"
     max_batch_size: int = 8192
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 0  # like Triton: merge what queued during the last decode
     max_queue_samples: int = 262144
     max_samples_per_request: int = 65536
     max_samples_per_stream: int = 4194304

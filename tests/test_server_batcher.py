@@ -118,21 +118,3 @@ def test_full_queue_raises_queue_full_at_once_and_forgets_nothing(vae):
     n, recorder = _run(decoders, body, max_queue_samples=64, max_queue_delay_us=100_000)
     assert n == 60 and recorder.depth == 0
 
-
-def test_lone_request_on_an_idle_batcher_does_not_wait_for_company(vae):
-    version, decoders = vae
-
-    async def lone_then_crowd(batcher):
-        started = time.monotonic()
-        await batcher.submit(5, _latents(version, 1, 5), "uint8")
-        lone_took = time.monotonic() - started
-        # Several at once find the batcher idle too, but are not alone: they go as one batch (here, once
-        # they fill it; a 30 s wait otherwise would time the test out).
-        futures = [batcher.submit(3, _latents(version, s, 3), "uint8") for s in range(4)]
-        await asyncio.gather(*futures)
-        return lone_took
-
-    # A 30 s delay: the lone request finishing well inside it proves it never waited for the delay.
-    lone_took, recorder = _run(decoders, lone_then_crowd, max_queue_delay_us=30_000_000, max_batch_size=12)
-    assert lone_took < 15
-    assert recorder.batches == [5, 12]

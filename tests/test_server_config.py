@@ -12,7 +12,7 @@ from server.config import ConfigError, ServerConfig, flag_table
 def test_defaults_are_the_documented_ones():
     config = ServerConfig.from_args([], {})
     assert (config.repository, config.port, config.metrics_port, config.device) == ("/models", 50051, 9464, "auto")
-    assert (config.max_batch_size, config.max_queue_delay_us, config.max_queue_samples) == (8192, 2000, 262144)
+    assert (config.max_batch_size, config.max_queue_delay_us, config.max_queue_samples) == (8192, 0, 262144)
     assert (config.max_samples_per_request, config.max_samples_per_stream) == (65536, 4194304)
     assert (config.log_format, config.cudnn_conv_algo_search, config.workers, config.cuda_graphs) == (
         "json", "HEURISTIC", 1, False)
@@ -29,7 +29,7 @@ def test_flag_table_lists_every_field_with_its_environment_variable():
     assert [flag for flag, _, _ in table] == ["--" + f.name.replace("_", "-")
                                               for f in dataclasses.fields(ServerConfig)]
     rows = {flag: (env, default) for flag, env, default in table}
-    assert rows["--max-queue-delay-us"] == ("AEGEN_MAX_QUEUE_DELAY_US", "2000")
+    assert rows["--max-queue-delay-us"] == ("AEGEN_MAX_QUEUE_DELAY_US", "0")
     assert rows["--tls-cert"] == ("AEGEN_TLS_CERT", "")
     assert rows["--cuda-graphs"] == ("AEGEN_CUDA_GRAPHS", "off")
 
