@@ -180,9 +180,9 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
         ("plain", ["--max-batch-size", "65536"], [
             (1, "uint8", "1,16,64", 1), (64, "uint8", "1,16,64", 2), (1024, "uint8", "1,8,32", 2),
             (8192, "uint8", "1,4,16", 4), (8192, "float32", "4,16", 4)]),
-        ("greedy_delay_0", ["--max-batch-size", "65536", "--max-queue-delay-us", "0"], [
+        ("delay_2000us", ["--max-batch-size", "65536", "--max-queue-delay-us", "2000"], [
             (1, "uint8", "1,64", 1), (8192, "uint8", "4,16", 4)]),
-        ("cuda_graphs", ["--max-batch-size", "65536", "--max-queue-delay-us", "0", "--cuda-graphs"], [
+        ("cuda_graphs", ["--max-batch-size", "65536", "--cuda-graphs"], [
             (1, "uint8", "1,64", 1), (8192, "uint8", "4,16", 4)]),
         ("workers_4", ["--max-batch-size", "65536", "--workers", "4"], [
             (8192, "uint8", "16,32,64", 8), (1, "uint8", "64,256", 8)]),
