@@ -25,7 +25,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.aegen.v1 import generator_pb2_grpc
 from server.config import HEALTH_SERVICES, ConfigError, ServerConfig
 from server.errors import ServerError
 from server.gpu_memory import REFRESH_SECONDS, GpuMemoryGauges, gpu_memory_metrics
@@ -33,7 +32,7 @@ from server.logs import configure_logging
 from server.metrics import ServerMetrics
 from server.models import ModelRegistry
 from server.runner import Device, ExecutionConfig, select_device
-from server.servicer import SERVICE_NAME, GeneratorServicer
+from server.servicer import SERVICE_NAME, GeneratorServicer, add_to_server
 from server.workers import WorkerIdentity, run_workers
 
 log = logging.getLogger("aegen.server")
@@ -119,7 +118,7 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
     metrics = ServerMetrics(multiprocess=worker is not None)
     registry = ModelRegistry(config, device, metrics)
     server = grpc.aio.server(options=server_options(config, reuse_port=worker is not None))
-    generator_pb2_grpc.add_GeneratorServiceServicer_to_server(GeneratorServicer(registry, config, metrics), server)
+    add_to_server(GeneratorServicer(registry, config, metrics), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in HEALTH_SERVICES:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
+from prometheus_client import Counter
 
 from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
@@ -26,6 +27,7 @@ from server.errors import (
 )
 from server.metrics import ServerMetrics
 from server.models import LoadedModel, ModelRegistry
+from server.wire import serialize_response, with_bytes_fields
 
 log = logging.getLogger("aegen.server.servicer")
 
@@ -48,7 +50,6 @@ SAMPLER_ENUMS = {"standard_normal": pb.SAMPLER_STANDARD_NORMAL, "gaussian": pb.S
                  "mixture": pb.SAMPLER_MIXTURE}
 DTYPE_NAMES = {pb.DTYPE_UNSPECIFIED: "uint8", pb.DTYPE_UINT8: "uint8", pb.DTYPE_FLOAT32: "float32"}
 DTYPE_ENUMS = {"uint8": pb.DTYPE_UINT8, "float32": pb.DTYPE_FLOAT32}
-_OFFLOAD_BYTES = 1 << 20  # copying a bigger answer into `bytes` goes to a thread, off the event loop
 
 
 class _Call:
@@ -98,6 +99,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self.registry = registry
         self.config = config
         self.metrics = metrics
+        self._generated_counters: dict[str, Counter] = {}
+
+    def _generated(self, model: str) -> Counter:
+        # labels() takes a lock and hashes its arguments on every call: once per model is enough.
+        counter = self._generated_counters.get(model)
+        if counter is None:
+            counter = self._generated_counters[model] = self.metrics.samples_generated.labels(model)
+        return counter
 
     @_unary
     async def GenerateSamples(self, request: pb.GenerateSamplesRequest, context, call: _Call):
@@ -108,14 +117,16 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         future = model.generate(request.num_samples, seed, sampler, _temperature(request), dtype,
                                 _deadline(context))
         decoded = await future
-        self.metrics.samples_generated.labels(model.name).inc(request.num_samples)
-        samples, latents = await _pack(decoded, request.return_latents)
-        return pb.GenerateSamplesResponse(
-            shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype], samples=samples, latents=latents,
+        self._generated(model.name).inc(request.num_samples)
+        head = pb.GenerateSamplesResponse(
+            shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype],
             latents_shape=decoded.latents.shape if request.return_latents else (),
             model_name=model.name, model_version=model.number, sampler=SAMPLER_ENUMS[sampler], seed=seed)
+        latents = _latents_if(decoded, request.return_latents)
+        return with_bytes_fields(head, samples=decoded.images, latents=latents)
 
-    async def StreamSamples(self, request: pb.StreamSamplesRequest, context) -> AsyncIterator[pb.StreamSamplesResponse]:
+    async def StreamSamples(self, request: pb.StreamSamplesRequest, context) -> AsyncIterator[bytes]:
+        """Yields each chunk as StreamSamplesResponse wire bytes."""
         call, code, started = _Call(), grpc.StatusCode.OK, time.perf_counter()
         self.metrics.in_flight.inc()
         try:
@@ -162,13 +173,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 decoded = await pending
                 n = decoded.images.shape[0]
                 pending = submit(offset + n) if offset + n < total else None
-                self.metrics.samples_generated.labels(model.name).inc(n)
-                samples, latents = await _pack(decoded, request.return_latents)
-                yield pb.StreamSamplesResponse(
-                    shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype], samples=samples, latents=latents,
+                self._generated(model.name).inc(n)
+                head = pb.StreamSamplesResponse(
+                    shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype],
                     latents_shape=decoded.latents.shape if request.return_latents else (), offset=offset,
                     model_name=model.name, model_version=model.number, sampler=SAMPLER_ENUMS[sampler],
                     seed=seed)
+                yield with_bytes_fields(head, samples=decoded.images,
+                                        latents=_latents_if(decoded, request.return_latents))
                 offset += n
         finally:
             if pending is not None:
@@ -192,9 +204,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         encoded = await asyncio.to_thread(model.encode, images)
         # The code is decoded through the batcher, like seeds: same sessions, same queue bound.
         decoded = await model.submit_latents(len(images), lambda: encoded.latents, dtype, _deadline(context))
-        out, _ = await _pack(decoded, False)
-        return pb.ReconstructResponse(shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype], images=out,
+        head = pb.ReconstructResponse(shape=decoded.images.shape, dtype=DTYPE_ENUMS[dtype],
                                       model_name=model.name, model_version=model.number)
+        return with_bytes_fields(head, images=decoded.images)
 
     @_unary
     async def ListModels(self, request: pb.ListModelsRequest, context, call: _Call):
@@ -219,6 +231,20 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return model
 
 
+def add_to_server(servicer: GeneratorServicer, server: grpc.aio.Server) -> None:
+    """Register the service like the generated add_GeneratorServiceServicer_to_server, but with
+    `serialize_response` as every method's serializer, so that handlers may answer with prebuilt wire bytes."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GeneratorService"].methods:
+        request = getattr(pb, method.input_type.name)
+        kind = (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = kind(getattr(servicer, method.name), request_deserializer=request.FromString,
+                                     response_serializer=serialize_response)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def _sampler_name(value: int) -> str:
     if value not in SAMPLER_NAMES:
         raise InvalidRequest(f"unknown sampler {value}; expected one of {', '.join(pb.Sampler.keys())}")
@@ -240,10 +266,5 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _pack(decoded: Decoded, with_latents: bool) -> tuple[bytes, bytes]:
-    def pack() -> tuple[bytes, bytes]:
-        return decoded.images.tobytes(), decoded.latents.tobytes() if with_latents else b""
-
-    if decoded.images.nbytes < _OFFLOAD_BYTES:
-        return pack()
-    return await asyncio.to_thread(pack)
+def _latents_if(decoded: Decoded, asked: bool) -> np.ndarray | bytes:
+    return decoded.latents if asked else b""

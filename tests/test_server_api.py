@@ -12,6 +12,7 @@ import pytest
 from export.repository import Manifest, load_version
 from protos.aegen.v1 import generator_pb2 as pb
 from server.client import AegenClient
+from server.wire import encode_varint, with_bytes_fields
 
 VAE, AE = "digits-vae", "digits-ae"
 
@@ -130,3 +131,35 @@ def test_health_says_serving_for_the_server_and_the_service(aegen_server):
         for service in ("", "aegen.v1.GeneratorService"):
             response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 2_700])  # 0 bytes; 1- and 2-byte lengths; > 2**21 bytes (4-byte length)
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_prebuilt_wire_bytes_parse_into_the_message_protobuf_builds(rows, dtype):
+    images = np.random.default_rng(rows).random((rows, 1, 28, 28)).astype(dtype)
+    latents = np.random.default_rng(rows + 1).standard_normal((rows, 16)).astype(np.float32)
+    fields = dict(shape=images.shape, dtype=pb.DTYPE_FLOAT32, latents_shape=latents.shape, model_name=VAE,
+                  model_version=3, sampler=pb.SAMPLER_MIXTURE, seed=2**64 - 1)
+    cases = [
+        (pb.GenerateSamplesResponse(**fields), dict(samples=images, latents=latents)),
+        (pb.StreamSamplesResponse(**fields, offset=2**40), dict(samples=images, latents=b"")),
+        (pb.ReconstructResponse(shape=images.shape, model_name=AE, model_version=1), dict(images=images)),
+    ]
+    for head, payloads in cases:
+        expected = type(head)()
+        expected.CopyFrom(head)
+        for name, payload in payloads.items():
+            setattr(expected, name, payload.tobytes() if isinstance(payload, np.ndarray) else payload)
+        wire = with_bytes_fields(head, **payloads)
+        assert type(head).FromString(wire) == expected
+        assert len(wire) == expected.ByteSize()  # same records, nothing extra (e.g. no empty latents)
+    assert images.nbytes < 2**21 or len(encode_varint(images.nbytes)) == 4
+
+
+def test_prebuilt_wire_bytes_refuse_a_field_set_twice_and_a_non_contiguous_array():
+    with pytest.raises(ValueError, match="samples"):
+        with_bytes_fields(pb.GenerateSamplesResponse(samples=b"x"), samples=np.zeros(3, np.uint8))
+    with pytest.raises(TypeError):
+        with_bytes_fields(pb.GenerateSamplesResponse(), samples=np.zeros((4, 4), np.uint8)[:, :2])
+    with pytest.raises(TypeError, match="not a singular bytes field"):
+        with_bytes_fields(pb.GenerateSamplesResponse(), shape=np.zeros(3, np.uint8))
