@@ -186,11 +186,15 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
             (1, "uint8", "1,64", 1), (8192, "uint8", "4,16", 4)]),
         ("workers_4", ["--max-batch-size", "65536", "--workers", "4"], [
             (8192, "uint8", "16,32,64", 8), (1, "uint8", "64,256", 8)]),
+        ("workers_8", ["--max-batch-size", "16384", "--workers", "8"], [
+            (8192, "uint8", "16,32,64", 8)]),
+        ("tf32", ["--max-batch-size", "65536", "--cuda-tf32"], [
+            (8192, "uint8", "4,16", 4)]),
     ]
     if quick:
         plans = [(name, flags, runs[:2]) for name, flags, runs in plans]
     for name, flags, runs in plans:
-        if name == "cuda_graphs" and device != "cuda":
+        if name in ("cuda_graphs", "tf32") and device != "cuda":
             continue
         entry = results["server"].setdefault(name, {"flags": flags, "rows": []})
         server = Server(repository, device, *flags, log_dir=work)
