@@ -65,7 +65,7 @@ class _NullObserver:
 
 @dataclass(frozen=True)
 class Decoded:
-    images: np.ndarray  # (n, *image_shape), the decoder's dtype
+    images: np.ndarray  # (n, *image_shape), the decoder's dtype; may be a view of its merged batch's output
     latents: np.ndarray  # (n, latent_dim) float32
 
 
@@ -73,11 +73,12 @@ class Decoded:
 class _Job:
     n: int
     make_latents: Callable[[], np.ndarray]
-    images: np.ndarray
+    dtype: np.dtype
     future: asyncio.Future
     deadline: float | None  # time.monotonic()
     enqueued: float
     latents: np.ndarray | None = None
+    images: np.ndarray | None = None  # made on the inference thread, or a view of a merged batch's output
     assigned: int = 0  # rows handed to batches so far
     decoded: int = 0
     waited: bool = False
@@ -109,11 +110,10 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task | None = None
-        # One thread: batches of one model version decode one after another, and the buffers are reused.
+        # One thread: batches of one model version decode one after another, and the latent buffer is reused.
+        # Images are not: a merged batch's output is handed out to its requests as views.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{name}")
         self._latent_buffer = np.empty((config.max_batch_size, self.latent_dim), np.float32)
-        self._image_buffers = {k: np.empty((config.max_batch_size, *self.image_shape), d.dtype)
-                               for k, d in decoders.items()}
 
     @property
     def queued_samples(self) -> int:
@@ -141,8 +141,8 @@ class Batcher:
             raise QueueFull(f"queue full: {self.queued_samples} samples waiting, limit "
                             f"{self.config.max_queue_samples}; retry later")
         loop = asyncio.get_running_loop()
-        images = np.empty((n, *self.image_shape), self.decoders[dtype].dtype)
-        job = _Job(n, make_latents, images, loop.create_future(), deadline, time.monotonic())
+        job = _Job(n, make_latents, self.decoders[dtype].dtype, loop.create_future(), deadline,
+                   time.monotonic())
         was_idle = not any(self._queued.values())
         self._queues[dtype].append(job)
         self._queued[dtype] += n
@@ -248,9 +248,9 @@ class Batcher:
         try:
             if len(pieces) == 1:  # the common large request: decode straight into its own buffer
                 job, first, count = pieces[0]
-                decoder.decode_into(job.latents[first:first + count], job.images[first:first + count])
+                decoder.decode_into(job.latents[first:first + count], self._rows(job, first, count))
             else:
-                self._decode_merged(decoder, batch.dtype, pieces)
+                self._decode_merged(decoder, pieces)
         except Exception as exc:  # noqa: BLE001 - fail the batch's requests, keep the batcher alive
             for job, _, _ in pieces:
                 job.error = exc
@@ -258,9 +258,10 @@ class Batcher:
         for job, _, count in pieces:
             job.decoded += count
 
-    def _decode_merged(self, decoder: Decoder, dtype: str, pieces: list[tuple[_Job, int, int]]) -> None:
+    def _decode_merged(self, decoder: Decoder, pieces: list[tuple[_Job, int, int]]) -> None:
         total = sum(count for _, _, count in pieces)
-        latents, images = self._latent_buffer[:total], self._image_buffers[dtype][:total]
+        latents = self._latent_buffer[:total]
+        images = np.empty((total, *self.image_shape), decoder.dtype)
         row = 0
         for job, first, count in pieces:
             latents[row:row + count] = job.latents[first:first + count]
@@ -268,8 +269,17 @@ class Batcher:
         decoder.decode_into(latents, images)
         row = 0
         for job, first, count in pieces:
-            job.images[first:first + count] = images[row:row + count]
+            if count == job.n:  # the whole request: its rows of the batch are its answer, no copy
+                job.images = images[row:row + count]
+            else:  # one part of a request split across batches: into its own array
+                self._rows(job, first, count)[...] = images[row:row + count]
             row += count
+
+    def _rows(self, job: _Job, first: int, count: int) -> np.ndarray:
+        """Rows first..first+count of the job's own image array, allocated on its first batch."""
+        if job.images is None:
+            job.images = np.empty((job.n, *self.image_shape), job.dtype)
+        return job.images[first:first + count]
 
     def _ensure_latents(self, job: _Job) -> bool:
         if job.error is not None:

@@ -118,3 +118,23 @@ def test_full_queue_raises_queue_full_at_once_and_forgets_nothing(vae):
     n, recorder = _run(decoders, body, max_queue_samples=64, max_queue_delay_us=100_000)
     assert n == 60 and recorder.depth == 0
 
+
+
+def test_request_split_across_merged_batches_gets_the_bytes_it_would_get_alone(vae):
+    version, decoders = vae
+    sizes = {1: 20, 2: 20, 3: 50, 4: 30}  # batches of 64: [20 + 20 + 24 of 50] and [26 of 50 + 30]
+
+    async def body(batcher):
+        futures = [batcher.submit(n, _latents(version, seed, n), "uint8") for seed, n in sizes.items()]
+        return [d.images for d in await asyncio.gather(*futures)]
+
+    images, recorder = _run(decoders, body, max_queue_delay_us=200_000)
+    assert recorder.batches == [64, 56]
+    for (seed, n), got in zip(sizes.items(), images):
+        alone = np.empty((n, 1, 28, 28), np.uint8)
+        decoders["uint8"].decode_into(_latents(version, seed, n)(), alone)
+        assert got.tobytes() == alone.tobytes()
+    # Whole requests in a merged batch are answered with their rows of its output, not copies; the split one
+    # has its own array.
+    assert images[0].base is not None and images[0].base is images[1].base
+    assert images[2].base is None
