@@ -82,8 +82,11 @@ class LoadedModel:
         """Queue n samples drawn from Generator(PCG64(seed)); resolves to batcher.Decoded."""
         self._check_count(n)
         self.check_sampling(sampler, temperature)
-        rng = np.random.Generator(np.random.PCG64(seed))
-        return self.submit_latents(n, self.latent_source(sampler, rng, n, temperature), dtype, deadline)
+
+        def make_latents() -> np.ndarray:  # seeding PCG64 costs ~20 µs: on the inference thread too
+            return self.latent_source(sampler, np.random.Generator(np.random.PCG64(seed)), n, temperature)()
+
+        return self.submit_latents(n, make_latents, dtype, deadline)
 
     def latent_source(self, sampler: str, rng: np.random.Generator, n: int, temperature: float
                       ) -> Callable[[], np.ndarray]:
