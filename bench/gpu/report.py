@@ -66,7 +66,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    p.add_argument("--preface", type=Path, help="Markdown to put first (the reading of the figures)")
+    p.add_argument("--preface", type=Path, default=Path(__file__).with_name("preface.md"),
+                   help="Markdown to put first: the reading of the figures (default bench/gpu/preface.md)")
     a = p.parse_args()
     parts = [a.preface.read_text()] if a.preface else []
     for i, path in enumerate(a.results, 1):
