@@ -2,8 +2,8 @@
 server calling the PyTorch decoder per request (bench/baseline_torch_server.py).
 
 Server settings compared:
-  batching on (default)   --max-queue-delay-us 2000 --max-batch-size 8192
-  greedy                  --max-queue-delay-us 0    (merges only what is already queued)
+  batching on (default)   --max-queue-delay-us 0 --max-batch-size 8192 (merges what queued during a decode)
+  2 ms queue delay        --max-queue-delay-us 2000 (each batch waits up to 2 ms for company)
   batching off            --max-queue-delay-us 0 --max-batch-size N (each request its own batch)
   one intra-op thread     --intra-op-threads 1 (batching on)
 
@@ -49,7 +49,7 @@ def _settings(n: int) -> dict[str, list[str]]:
     return {
         DEFAULT: [],
         ONE_THREAD: ["--intra-op-threads", "1"],
-        "aegen, greedy (delay 0)": ["--max-queue-delay-us", "0"],
+        "aegen, 2 ms queue delay": ["--max-queue-delay-us", "2000"],
         "aegen, batching off": ["--max-queue-delay-us", "0", "--max-batch-size", str(n)],
     }
 
