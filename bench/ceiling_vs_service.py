@@ -16,11 +16,10 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import (
-    RESULTS_DIR,
-    add_model_arguments,
     bench_model,
     fmt,
     load,
+    load_parser,
     machine_details,
     markdown_table,
     serve_model,
@@ -102,12 +101,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--duration", type=float, default=4.0, help="seconds measured per level")
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    return p
+    return load_parser(__doc__, duration=4.0, warmup=1.0)
 
 
 def main(argv: list[str] | None = None) -> int:

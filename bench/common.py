@@ -277,3 +277,16 @@ def load(target: str, *, num_samples: int = 1, dtype: str = "uint8", concurrency
                             max_level_time=warmup + duration + 120.0, png=False)
     tag = f"{target} N={num_samples} {dtype}"
     return run_load_test(config, progress=lambda line: print(f"  {tag}: {line}", file=sys.stderr, flush=True))
+
+
+def load_parser(doc: str, *, duration: float, warmup: float, duration_help: str = "seconds measured per level",
+                rounds_help: str | None = None) -> argparse.ArgumentParser:
+    """The flags every load benchmark shares: the model to serve, how long to measure, where tables go."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--duration", type=float, default=duration, help=duration_help)
+    p.add_argument("--warmup", type=float, default=warmup)
+    if rounds_help is not None:
+        p.add_argument("--rounds", type=int, default=2, help=rounds_help)
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    return p

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    RESULTS_DIR,
-    add_model_arguments,
     bench_model,
     fmt,
     load,
+    load_parser,
     machine_details,
     markdown_table,
     serve_model,
@@ -114,13 +113,10 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of sustained load after the warm-up")
-    p.add_argument("--warmup", type=float, default=10.0)
+    p = load_parser(__doc__, duration=60.0, warmup=10.0,
+                    duration_help="seconds of sustained load after the warm-up")
     p.add_argument("-n", "--num-samples", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return p
 
 

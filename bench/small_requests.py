@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 from bench.common import (
-    RESULTS_DIR,
     Served,
-    add_model_arguments,
     bench_model,
     fmt,
     load,
+    load_parser,
     machine_details,
     markdown_table,
     serve_echo,
@@ -129,13 +128,8 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per level")
-    p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best per level counts")
-    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    return p
+    return load_parser(__doc__, duration=5.0, warmup=1.0,
+                       rounds_help="alternating rounds; the best per level counts")
 
 
 def main(argv: list[str] | None = None) -> int:
