@@ -173,9 +173,18 @@ def seed_digest(target: str, model: str) -> str:
         return hashlib.sha256(client.generate(model, 1000, seed=7).images.tobytes()).hexdigest()
 
 
+LATENCY_PLANS = [
+    # N = 1 at one call in flight: the p99 target. Small buckets, CUDA graphs, one intra-op thread.
+    ("latency_graphs_1thread", ["--max-batch-size", "64", "--cuda-graphs", "--intra-op-threads", "1"],
+     [(1, "uint8", "1", 1)]),
+    ("latency_graphs", ["--max-batch-size", "64", "--cuda-graphs"], [(1, "uint8", "1", 1)]),
+    ("latency_plain_1thread", ["--max-batch-size", "64", "--intra-op-threads", "1"], [(1, "uint8", "1", 1)]),
+]
+
+
 def server_runs(repository: Path, model: str, device: str, quick: bool, work: Path,
-                results: dict, save) -> None:
-    d = 1.0 if quick else 3.0
+                results: dict, save, only: set[str] | None = None, duration: float | None = None) -> None:
+    d = duration or (1.0 if quick else 3.0)
     plans = [
         ("plain", ["--max-batch-size", "65536"], [
             (1, "uint8", "1,16,64", 1), (64, "uint8", "1,16,64", 2), (1024, "uint8", "1,8,32", 2),
@@ -191,10 +200,13 @@ def server_runs(repository: Path, model: str, device: str, quick: bool, work: Pa
         ("tf32", ["--max-batch-size", "65536", "--cuda-tf32"], [
             (8192, "uint8", "4,16", 4)]),
     ]
+    plans += LATENCY_PLANS if only else []
+    if only:
+        plans = [plan for plan in plans if plan[0] in only]
     if quick:
         plans = [(name, flags, runs[:2]) for name, flags, runs in plans]
     for name, flags, runs in plans:
-        if name in ("cuda_graphs", "tf32") and device != "cuda":
+        if ("graphs" in name or name == "tf32") and device != "cuda":
             continue
         entry = results["server"].setdefault(name, {"flags": flags, "rows": []})
         server = Server(repository, device, *flags, log_dir=work)
@@ -293,6 +305,9 @@ def main() -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--quick", action="store_true", help="a rehearsal: fewer batches, shorter levels")
     p.add_argument("--parts", default="inprocess,parity,train,server")
+    p.add_argument("--plans", default="", help="only these server plans (names in the tables; also: "
+                   + ", ".join(name for name, _, _ in LATENCY_PLANS) + ")")
+    p.add_argument("--duration", type=float, default=None, help="seconds per load level")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="aegen-gpu-"))
@@ -315,7 +330,8 @@ def main() -> int:
                                                               dtype=np.float32)))
          if a.device == "cuda" else None),
         ("train", lambda: results.__setitem__("train", train_on_device(a.device, work))),
-        ("server", lambda: server_runs(a.repository, a.model, a.device, a.quick, work, results, save)),
+        ("server", lambda: server_runs(a.repository, a.model, a.device, a.quick, work, results, save,
+                                       set(filter(None, a.plans.split(","))) or None, a.duration)),
     ]
     for name, step in steps:
         if name not in parts:
