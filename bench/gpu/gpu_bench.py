@@ -263,8 +263,11 @@ def markdown(results: dict) -> str:
     rows = [r for r in results.get("inprocess", []) if "samples_per_s" in r]
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     batches = sorted({r["batch"] for r in rows})
-    lines.append("| batch | " + " | ".join(variants) + " |")
-    lines.append("|---:|" + "---:|" * len(variants))
+    if not rows:
+        lines.append("(not run)")
+    else:
+        lines.append("| batch | " + " | ".join(variants) + " |")
+        lines.append("|---:|" + "---:|" * len(variants))
     for b in batches:
         cells = {r["variant"]: r["samples_per_s"] for r in rows if r["batch"] == b}
         lines.append(f"| {b} | " + " | ".join(f"{cells[v]:,.0f}" if v in cells else "–" for v in variants) + " |")

@@ -73,11 +73,15 @@ def main() -> None:
     for i, path in enumerate(a.results, 1):
         results = json.loads(path.read_text())
         suffix = "" if len(a.results) == 1 else f"_run{i}"
-        plot_inprocess(results, a.out / f"gpu_inprocess{suffix}.png")
-        plot_server(results, a.out / f"gpu_server{suffix}.png")
         body = markdown(results).replace("# GPU benchmarks", f"## Run {i}: GPU benchmarks", 1)
         body = body.replace("\n## ", "\n### ").replace("\n### Run", "\n## Run")
-        parts.append(body + f"\n![in-process](gpu_inprocess{suffix}.png)\n![server](gpu_server{suffix}.png)\n")
+        if any("samples_per_s" in r for r in results.get("inprocess", [])):
+            plot_inprocess(results, a.out / f"gpu_inprocess{suffix}.png")
+            body += f"\n![in-process](gpu_inprocess{suffix}.png)\n"
+        if len(results.get("server", {})) > 3:  # a curve needs several servers' levels
+            plot_server(results, a.out / f"gpu_server{suffix}.png")
+            body += f"![server](gpu_server{suffix}.png)\n"
+        parts.append(body)
     (a.out / "gpu.md").write_text("\n".join(parts))
     print(f"wrote {a.out / 'gpu.md'}")
 
