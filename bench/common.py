@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.loadtest import LoadTestConfig, LoadTestReport, run_load_test
+from server.local import NotServing, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "benchmarks"
@@ -111,12 +110,6 @@ def fmt(value: float | None, digits: int = 0) -> str:
 # ------------------------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Served:
     """A server process this benchmark started: where to send calls, where its metrics are, its pid."""
@@ -151,20 +144,10 @@ def _log_tail(log: Path, lines: int = 15) -> str:
 
 def _wait_serving(served: Served, timeout: float) -> None:
     """Wait until the gRPC health service says SERVING (models loaded and warmed up)."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(served.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if served.process.poll() is not None:
-                raise BenchError(f"server exited with code {served.process.returncode}:\n{_log_tail(served.log)}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise BenchError(f"server not SERVING after {timeout:g} s:\n{_log_tail(served.log)}")
+    try:
+        wait_until_serving(served.target, served.process, timeout, poll=0.2)
+    except NotServing as exc:
+        raise BenchError(f"{exc}:\n{_log_tail(served.log)}") from None
 
 
 def _wait_listening(served: Served, timeout: float) -> None:

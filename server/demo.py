@@ -13,46 +13,21 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server import sample_cli
 from server.client import AegenClient
+from server.local import NotServing, free_port, wait_until_serving
 
 
 class DemoError(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 120.0) -> float:
-    start = time.monotonic()
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() - start < timeout:
-            if proc.poll() is not None:
-                raise DemoError(f"the server exited with code {proc.returncode} before it was ready")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - start
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise DemoError(f"the server was not SERVING after {timeout:.0f} s")
 
 
 async def _concurrent_requests(target: str, model: str, calls: int, n: int) -> None:
@@ -94,7 +69,7 @@ def metrics_summary(exposition: str) -> list[str]:
 
 
 def run(repository: Path, model: str, out: Path, device: str) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
            "--port", str(port), "--metrics-port", str(metrics_port), "--device", device,
@@ -102,7 +77,7 @@ def run(repository: Path, model: str, out: Path, device: str) -> None:
     print(f"starting the server: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
-        print(f"ready after {_wait_serving(target, proc):.1f} s (health SERVING)", flush=True)
+        print(f"ready after {wait_until_serving(target, proc):.1f} s (health SERVING)", flush=True)
         with AegenClient(target) as client:
             for m in client.list_models():
                 print(f"model {m.name}: kind {m.kind}, latent {m.latent_dim}, versions {list(m.versions)}")
@@ -140,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         run(args.repository, args.model, args.out, args.device)
-    except (DemoError, grpc.RpcError, OSError) as exc:
+    except (DemoError, NotServing, grpc.RpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

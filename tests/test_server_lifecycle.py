@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from export.repository import GRAPH_FILES, VersionWriter, load_version
 from server.client import AegenClient
-from tests.plugins.server import ROOT, copy_repository, launch_aegen_server
+from tests.plugins.server import ROOT, copy_repository, launch_aegen_server, wait_until
 
 VAE = "digits-vae"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -40,7 +39,7 @@ def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repo
     server = launch_aegen_server(repository, tmp_path, "--max-batch-size", "8192")
     try:
         host, port = server.target.rsplit(":", 1)
-        _wait_until(lambda: _port_open(host, int(port)), "the port to open")
+        wait_until(lambda: _port_open(host, int(port)), "the port to open")
         channel, updates = _watch(server.target)
         seen = []
         for update in updates:
@@ -66,7 +65,7 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(server_factory):
     with AegenClient(server.target, timeout=60) as client, ThreadPoolExecutor(9) as pool:
         big = pool.submit(client.generate, VAE, 65536, seed=99)
         calls = [pool.submit(client.generate, VAE, 10, seed=s) for s in range(8)]
-        _wait_until(lambda: _in_flight(server) >= 7, "at least 7 calls in flight")
+        wait_until(lambda: _in_flight(server) >= 7, "at least 7 calls in flight")
         server.process.send_signal(15)
         assert next(updates).status == NOT_SERVING
         results = [c.result(timeout=60) for c in calls]
@@ -120,7 +119,7 @@ def test_corrupt_version_is_refused_while_the_old_one_serves_then_a_good_one_is_
         assert still.model_version == old.model_version and still.images.tobytes() == old.images.tobytes()
 
         good = _publish_copy(repository, VAE, old.model_version)
-        _wait_until(lambda: client.generate(VAE, 1).model_version == good.version, "the new version to serve")
+        wait_until(lambda: client.generate(VAE, 1).model_version == good.version, "the new version to serve")
         new = client.generate(VAE, 4, seed=1)
         assert new.images.tobytes() == old.images.tobytes()  # the same graphs under a new number
         assert client.model_info(VAE).model_version == good.version
@@ -190,17 +189,9 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def _wait_for_metric(server, line: str) -> None:
-    _wait_until(lambda: line in server.metrics_text(), line)
+    wait_until(lambda: line in server.metrics_text(), line)
 
 
 def _wait_for_log(server, message: str, version: int) -> None:
@@ -214,7 +205,7 @@ def _wait_for_log(server, message: str, version: int) -> None:
                 return True
         return False
 
-    _wait_until(logged, f"log {message!r} for version {version}")
+    wait_until(logged, f"log {message!r} for version {version}")
 
 
 def test_tls_server_answers_a_client_that_trusts_its_certificate(server_factory, tmp_path):
@@ -227,7 +218,7 @@ def test_tls_server_answers_a_client_that_trusts_its_certificate(server_factory,
                    check=True, capture_output=True, timeout=60)
     server = server_factory("--tls-cert", str(cert), "--tls-key", str(key), wait=False)
     with AegenClient(server.target, root_certificates=cert.read_bytes(), timeout=30) as client:
-        _wait_until(lambda: _serving_over_tls(server.target, cert.read_bytes()), "the TLS server to serve")
+        wait_until(lambda: _serving_over_tls(server.target, cert.read_bytes()), "the TLS server to serve")
         assert client.generate(VAE, 3, seed=1).images.shape[0] == 3
     with AegenClient(server.target, timeout=5) as plaintext, pytest.raises(grpc.RpcError):
         plaintext.list_models()

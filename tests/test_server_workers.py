@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.aegen.v1 import generator_pb2_grpc
 from server.client import CHANNEL_OPTIONS, AegenClient
-from tests.plugins.server import ROOT, copy_repository, free_port, launch_aegen_server, wait_until_serving
+from tests.plugins.server import (
+    ROOT,
+    copy_repository,
+    free_port,
+    launch_aegen_server,
+    wait_until,
+    wait_until_serving,
+)
 
 VAE = "digits-vae"
 CHANNELS = 24  # the kernel spreads connections at random: all 24 on one of 2 workers has odds 2^-23
@@ -33,7 +39,7 @@ def _start_workers(model_repository: Path, tmp: Path, started: list, *flags: str
                                  *flags, env={"TMPDIR": str(tmp / "tmp")})
     started.append(server)  # the caller stops it, whatever happens next
     wait_until_serving(server)
-    _wait_until(lambda: len(_model_info(server)) == 4, "both workers to load both models")
+    wait_until(lambda: len(_model_info(server)) == 4, "both workers to load both models")
     return server
 
 
@@ -166,7 +172,7 @@ def test_sigterm_lets_calls_in_flight_finish_then_every_worker_and_the_parent_ex
                 in_flight = _samples(server.metrics_text())[("aegen_requests_in_flight", ())]
                 return in_flight >= 2 and in_flight + sum(c.done() for c in calls) == 8
 
-            _wait_until(all_arrived_some_queued, "all 8 calls to arrive, some still queued")
+            wait_until(all_arrived_some_queued, "all 8 calls to arrive, some still queued")
             server.process.send_signal(signal.SIGTERM)
             results = [c.result(timeout=60) for c in calls]
     finally:
@@ -272,11 +278,3 @@ def _alive(pid: int) -> bool:
         return False
     return state != "Z"
 
-
-def _wait_until(condition, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

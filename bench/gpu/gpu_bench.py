@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,14 +32,9 @@ import numpy as np
 
 from bench.gpu import inprocess
 from export.repository import load_version
+from server.local import NotServing, free_port, wait_until_serving
 
 HERE = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine_info() -> dict:
@@ -79,7 +73,7 @@ class Server:
     """`python -m server` in its own process group, waited on until health says SERVING."""
 
     def __init__(self, repository: Path, device: str, *flags: str, log_dir: Path) -> None:
-        self.port, self.metrics_port = _free_port(), _free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.log_path = log_dir / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--device", device,
                "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
@@ -98,23 +92,10 @@ class Server:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def wait_ready(self, timeout: float = 180.0) -> float:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        start = time.monotonic()
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() - start < timeout:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited {self.proc.returncode}: {self.tail()}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.monotonic() - start
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"server not SERVING after {timeout} s: {self.tail()}")
+        try:
+            return wait_until_serving(self.target, self.proc, timeout, poll=0.2)
+        except NotServing as exc:
+            raise RuntimeError(f"{exc}: {self.tail()}") from None
 
     def metrics(self) -> str:
         import urllib.request

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from server import local
+from server.local import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small buckets keep warm-up (every power of two up to the batch size) quick on a 2-core CI box.
 TEST_FLAGS = ("--max-batch-size", "256", "--intra-op-threads", "1", "--repository-poll-seconds", "0")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -83,24 +79,21 @@ def launch_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict 
 
 
 def wait_until_serving(server: RunningServer, timeout: float = 90) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    try:
+        local.wait_until_serving(server.target, server.process, timeout)
+    except local.NotServing as exc:
+        server.stop()
+        raise RuntimeError(f"{exc}:\n{server.log_text()}") from None
 
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(server.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_text()}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"server not serving after {timeout}s:\n{server.log_text()}")
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict | None = None) -> RunningServer:
