@@ -86,6 +86,16 @@ def wait_until_serving(server: RunningServer, timeout: float = 90) -> None:
         raise RuntimeError(f"{exc}:\n{server.log_text()}") from None
 
 
+def promtool_check_metrics(exposition: str) -> None:
+    """`promtool check metrics` (Debian's prometheus package) must accept the exposition; skip without it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus; `make tools`)")
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition, text=True,
+                            check=False, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
     """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
