@@ -138,12 +138,12 @@ def test_health_says_serving_for_the_server_and_the_service(aegen_server):
 def test_prebuilt_wire_bytes_parse_into_the_message_protobuf_builds(rows, dtype):
     images = np.random.default_rng(rows).random((rows, 1, 28, 28)).astype(dtype)
     latents = np.random.default_rng(rows + 1).standard_normal((rows, 16)).astype(np.float32)
-    fields = dict(shape=images.shape, dtype=pb.DTYPE_FLOAT32, latents_shape=latents.shape, model_name=VAE,
-                  model_version=3, sampler=pb.SAMPLER_MIXTURE, seed=2**64 - 1)
+    fields = {"shape": images.shape, "dtype": pb.DTYPE_FLOAT32, "latents_shape": latents.shape, "model_name": VAE,
+                  "model_version": 3, "sampler": pb.SAMPLER_MIXTURE, "seed": 2**64 - 1}
     cases = [
-        (pb.GenerateSamplesResponse(**fields), dict(samples=images, latents=latents)),
-        (pb.StreamSamplesResponse(**fields, offset=2**40), dict(samples=images, latents=b"")),
-        (pb.ReconstructResponse(shape=images.shape, model_name=AE, model_version=1), dict(images=images)),
+        (pb.GenerateSamplesResponse(**fields), {"samples": images, "latents": latents}),
+        (pb.StreamSamplesResponse(**fields, offset=2**40), {"samples": images, "latents": b""}),
+        (pb.ReconstructResponse(shape=images.shape, model_name=AE, model_version=1), {"images": images}),
     ]
     for head, payloads in cases:
         expected = type(head)()
