@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from training.atomic import atomic_write_bytes, atomic_write_text
+from protos.atomic import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from training.models import AutoEncoder

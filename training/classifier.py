@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from tqdm import tqdm
 
-from training.atomic import atomic_write_bytes, atomic_write_text
+from protos.atomic import atomic_write_bytes, atomic_write_text
 from training.data import DataError, load_dataset, to_unit_float, train_val_split
 
 FORMAT = "aegen-classifier/1"

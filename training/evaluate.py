@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.atomic import atomic_write_text
+from protos.atomic import atomic_write_text
 from training.checkpoint import CheckpointConfig, CheckpointError, load_model
 from training.classifier import (
     NOT_A_DIGIT,

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from training.atomic import atomic_write_bytes
+from protos.atomic import atomic_write_bytes
 
 
 class GridError(ValueError):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.atomic import atomic_write_bytes
+from protos.atomic import atomic_write_bytes
 
 OUT = Path(__file__).parent / "assets" / "mnist_digits.npz"
 

@@ -32,7 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from training.atomic import atomic_write_bytes, atomic_write_text
+from protos.atomic import atomic_write_bytes, atomic_write_text
 from training.checkpoint import CheckpointError, load_model, read_config
 from training.classifier import (
     CLASS_NAMES,

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
+
+Every artifact aegen writes (checkpoints, reports, grids, load-test results) goes through here. It lives in
+`protos/` beside the other cross-stage conventions (see protos/cli.py) so that training, export, client and
+bench share one writer without any stage importing a later one.
+"""
 
 from __future__ import annotations
 
