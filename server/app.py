@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.config import HEALTH_SERVICES, ConfigError, ServerConfig
-from server.errors import ServerError
+from server.core.errors import ServerError
 from server.gpu_memory import REFRESH_SECONDS, GpuMemoryGauges, gpu_memory_metrics
 from server.logs import configure_logging
 from server.metrics import ServerMetrics

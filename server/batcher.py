@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from server.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
+from server.core.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
 
 
 @dataclass(frozen=True)

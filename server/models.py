@@ -31,7 +31,7 @@ from export.repository import (
 )
 from server.batcher import Batcher, BatcherConfig, Decoded
 from server.config import MAX_IMAGE_ELEMENTS, ServerConfig
-from server.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerError
+from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerError
 from server.metrics import ServerMetrics
 from server.runner import DecoderRunner, Device, GraphRunner
 

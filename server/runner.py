@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from server.config import ServerConfig
 from server.cudart import CudaRuntime
-from server.errors import DeviceError, ModelLoadError
+from server.core.errors import DeviceError, ModelLoadError
 
 log = logging.getLogger("aegen.server.runner")
 

@@ -17,7 +17,7 @@ from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
 from server.batcher import Decoded
 from server.config import ServerConfig
-from server.errors import (
+from server.core.errors import (
     DeadlineExceeded,
     InvalidRequest,
     ModelNotFound,

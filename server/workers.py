@@ -33,7 +33,7 @@ from pathlib import Path
 
 from export.repository import RepositoryError, list_models
 from server.config import ServerConfig
-from server.errors import ServerError
+from server.core.errors import ServerError
 
 log = logging.getLogger("aegen.server.workers")
 

@@ -10,7 +10,7 @@ import pytest
 
 from export.repository import load_version
 from server.batcher import Batcher, BatcherConfig
-from server.errors import DeadlineExceeded, QueueFull
+from server.core.errors import DeadlineExceeded, QueueFull
 from server.runner import DecoderRunner, Device, ExecutionConfig
 
 
