@@ -124,9 +124,10 @@ def test_missing_files_are_named(vae_checkpoint: Path, tmp_path: Path) -> None:
         ckpt.load_model(directory)
 
 
-def test_checkpoint_directory_holds_only_safetensors_and_json(vae_checkpoint: Path) -> None:
+def test_checkpoint_directory_holds_only_safetensors_json_and_curves(vae_checkpoint: Path) -> None:
     names = sorted(p.name for p in vae_checkpoint.iterdir())
-    assert names == sorted([ckpt.CONFIG_FILE, ckpt.OPTIMIZER_FILE, ckpt.WEIGHTS_FILE])  # no temp files left
+    # no temp files left; curves.png is aegen-train's picture of the history, not part of the format
+    assert names == sorted([ckpt.CONFIG_FILE, ckpt.OPTIMIZER_FILE, ckpt.WEIGHTS_FILE, "curves.png"])
     assert (vae_checkpoint / ckpt.WEIGHTS_FILE).read_bytes()[8:9] == b"{"  # safetensors: u64 length, JSON header
     config = ckpt.read_config(vae_checkpoint)
     assert config.epochs == 1 and config.model.latent_dim == 8 and "val_elbo" in config.metrics

@@ -34,7 +34,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 KINDS = ("ae", "vae")
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "resconv")
 
 
 class CheckpointError(Exception):
@@ -46,7 +46,7 @@ class ModelConfig:
     """Everything needed to rebuild the network from its weights."""
 
     kind: str = "vae"  # "ae" | "vae"
-    arch: str = "mlp"  # "mlp" | "conv"
+    arch: str = "mlp"  # "mlp" | "conv" | "resconv"
     latent_dim: int = 16
     hidden_dim: int = 512  # MLP width, or the conv net's fully connected width
     image_shape: tuple[int, int, int] = (1, 28, 28)
@@ -68,7 +68,7 @@ class CheckpointConfig:
     """config.json: the model, how it was trained, and what it reached."""
 
     model: ModelConfig
-    dataset: str = "digits"  # "digits" (embedded) | "mnist" | "fashion-mnist"
+    dataset: str = "digits"  # "digits" (embedded) | "mnist" | "fashion-mnist" | "images" (a folder or array file)
     classes: tuple[int, ...] | None = None  # None: all classes
     loss: str = "bce"  # "bce" | "cbce" (continuous Bernoulli) | "mse"
     kl_weight: float = 1.0  # λ in R = L(X̂, X) + λ·KL(N(M, V) ‖ N(0, I)); unused for an AE
@@ -79,6 +79,11 @@ class CheckpointConfig:
     seed: int = 0
     val_fraction: float = 0.1
     limit: int | None = None  # at most this many training images were used (quick runs); None: all
+    # Added after format 1 shipped; the defaults are what a checkpoint without them was trained with.
+    augment: bool = False  # random shift / rotation / scale of every training image (training/augment.py)
+    corrupt: str | None = None  # "noise:σ" or "mask:p": a denoising AE/VAE; None: trained on clean inputs
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to 0 over `epochs`)
+    data_dir: str | None = None  # where the data came from: IDX directory, image folder or .npz/.npy file
     metrics: dict[str, float] = field(default_factory=dict)  # final validation metrics
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     format: str = FORMAT

@@ -1,4 +1,5 @@
-"""Data sets of 28×28 grey images: the embedded MNIST digits, and IDX directories (MNIST, Fashion-MNIST).
+"""Data sets of 28×28 grey images: the embedded MNIST digits, IDX directories (MNIST, Fashion-MNIST), and
+your own images (`images`): a folder of PNG/JPEG files or an .npz/.npy array.
 
 Images are kept as uint8 (N, 28, 28) until the last moment; `to_unit_float` gives the float32
 (N, 1, 28, 28) tensors in [0, 1] that the models take.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zipfile
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -17,7 +19,9 @@ import numpy as np
 
 EMBEDDED_DIGITS = "mnist_digits.npz"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_SUFFIXES = (".npz", ".npy")
 PARTS = {"train": "train", "test": "t10k"}  # part → IDX file prefix
 IMAGE_SIDE = 28
 IDX_UBYTE = 0x08  # the IDX type code for unsigned bytes, the only one MNIST-style data sets use
@@ -133,6 +137,119 @@ def load_idx_dataset(name: str, directory: str | Path, part: str = "train") -> D
     return Dataset(name, images, labels, names)
 
 
+def _labels_from_folders(names: list[str]) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Sub-folder names → labels: `0`…`9`-style integer names keep their number (so a folder of digits gets
+    the digit classifier's labels), any other names are numbered in sorted order."""
+    if all(name.isdigit() and int(name) < 256 for name in names):
+        top = max(int(name) for name in names)
+        return {name: int(name) for name in names}, tuple(str(i) for i in range(top + 1))
+    ordered = sorted(names)
+    if len(ordered) > 256:
+        raise DataError(f"{len(ordered)} sub-folders (classes), at most 256 are supported")
+    return {name: i for i, name in enumerate(ordered)}, tuple(ordered)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One PNG/JPEG file as uint8 (28, 28): converted to greyscale, resized if it is not 28×28."""
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with matplotlib; only this reader needs it
+
+    try:
+        with Image.open(path) as image:
+            grey = image.convert("L")
+            if grey.size != (IMAGE_SIDE, IMAGE_SIDE):
+                grey = grey.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS)
+            return np.asarray(grey, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable PNG/JPEG image ({exc})") from None
+
+
+def load_image_folder(directory: str | Path) -> Dataset:
+    """Every .png/.jpg/.jpeg file in `directory`, or in its sub-folders (one per class, the folder name
+    the label); not both. Files are read in sorted order, so the same folder gives the same data set."""
+    directory = Path(directory)
+    top = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    nested = {f.name: sorted(p for p in f.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+              for f in folders}
+    nested = {name: files for name, files in nested.items() if files}
+    if top and nested:
+        raise DataError(f"{directory}: has images both at its top level and in sub-folders "
+                        f"({', '.join(sorted(nested))}); put every image in a class sub-folder, or none")
+    if not top and not nested:
+        raise DataError(f"{directory}: no PNG/JPEG images ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
+    if top:
+        paths, labels, names = top, [0] * len(top), ("images",)
+    else:
+        index, names = _labels_from_folders(list(nested))
+        paths = [p for name in nested for p in nested[name]]
+        labels = [index[name] for name in nested for _ in nested[name]]
+    images = np.stack([_read_image(p) for p in paths])
+    return Dataset("images", images, np.asarray(labels, dtype=np.uint8), names)
+
+
+def _as_uint8_images(array: np.ndarray, source: str) -> np.ndarray:
+    """(N, 28, 28) or (N, 1, 28, 28), uint8 or float in [0, 1] → uint8 (N, 28, 28)."""
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or len(array) == 0:
+        raise DataError(f"{source}: images have shape {array.shape}, expected (N, {IMAGE_SIDE}, {IMAGE_SIDE}) "
+                        f"or (N, 1, {IMAGE_SIDE}, {IMAGE_SIDE}) with N ≥ 1")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+            raise DataError(f"{source}: float images must hold finite values in [0, 1]")
+        return np.rint(array * 255).astype(np.uint8)
+    raise DataError(f"{source}: images are {array.dtype}, expected uint8 or float in [0, 1]")
+
+
+def load_image_array(path: str | Path) -> Dataset:
+    """An .npy of images, or an .npz with `images` (or its only array) and optionally `labels`."""
+    path = Path(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never unpickle: an object array is refused
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable {path.suffix} array file ({exc})") from None
+    labels = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.files)
+            key = "images" if "images" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise DataError(f"{path}: expected an array named 'images' (and optionally 'labels'), got {keys}")
+            try:
+                images = loaded[key]
+                labels = loaded["labels"] if "labels" in keys else None
+            except (ValueError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DataError(f"{path}: cannot read its arrays ({exc})") from None
+    else:
+        images = loaded
+    images = _as_uint8_images(images, str(path))
+    if labels is None:
+        return Dataset("images", images, np.zeros(len(images), dtype=np.uint8), ("images",))
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{path}: labels have shape {labels.shape}, expected ({len(images)},) "
+                        f"(one per image)")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 255:
+        raise DataError(f"{path}: labels must be integers in 0..255, got {labels.dtype} "
+                        f"in {labels.min()}..{labels.max()}")
+    return Dataset("images", images, labels.astype(np.uint8), tuple(str(i) for i in range(int(labels.max()) + 1)))
+
+
+def load_images(path: str | Path) -> Dataset:
+    """Your own images: a folder of PNG/JPEG files, or an .npz/.npy array file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        return load_image_array(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing (expected a folder of PNG/JPEG images or an .npz/.npy file)")
+    raise DataError(f"{path}: expected a folder of PNG/JPEG images or an .npz/.npy file")
+
+
 def default_data_dir(name: str) -> Path | None:
     return FASHION_MNIST_DIR if name == "fashion-mnist" else None
 
@@ -142,6 +259,10 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, part:
     have a single part and ignore it. Raises DataError naming the file and what was expected."""
     if name == "digits":
         return load_embedded_digits()
+    if name == "images":
+        if data_dir is None:
+            raise DataError("the images data set needs a path: a folder of PNG/JPEG images or an .npz/.npy file")
+        return load_images(data_dir)
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
     directory = data_dir if data_dir is not None else default_data_dir(name)

@@ -22,9 +22,7 @@ checkpoint's loss (nats per image), and for a VAE the KL and the ELBO per image,
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from protos.atomic import atomic_write_text
+from protos.cli import OneLineParser, env, fail
 from training.checkpoint import CheckpointConfig, CheckpointError, load_model
 from training.classifier import (
     NOT_A_DIGIT,
@@ -266,22 +265,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as every aegen command
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="aegen-eval", description="Judge a checkpoint's samples with the shipped digit classifier.")
+    p = OneLineParser(prog="aegen-eval", description="Judge a checkpoint's samples with the shipped digit classifier.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--samples", type=int, default=EvalOptions.samples, help="generated samples per sampler")
     p.add_argument("--fitted", action="store_true", help="also decode seeds from a Gaussian fitted to training latents")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent seeds")
     p.add_argument("--json", dest="json_path", type=Path, help="write the results as JSON here")
-    p.add_argument("--data-dir", type=Path, default=os.environ.get("AEGEN_DATA_DIR"),
+    p.add_argument("--data-dir", type=Path, default=env("data_dir"),
                    help="IDX directory of the checkpoint's data set (env AEGEN_DATA_DIR)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("AEGEN_THREADS", "1")))
+    # argparse passes a string default through `type` too, so a bad AEGEN_THREADS is a one-line error
+    p.add_argument("--threads", type=int, default=env("threads", "1"), help="torch CPU threads (env AEGEN_THREADS)")
     args = p.parse_args(argv)
     try:
         options = EvalOptions(**vars(args))
@@ -290,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.json_path is not None:
             atomic_write_text(options.json_path, json.dumps(result, indent=2) + "\n")
     except (EvalError, CheckpointError, ClassifierError, DataError, TrainError, OSError) as exc:
-        print(f"aegen-eval: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("aegen-eval", exc)
     print(format_table(result))
     return 0
 

@@ -1,4 +1,6 @@
-"""Autoencoders for 28×28 images: a vanilla AE and a VAE, each with an MLP or a convolutional body.
+"""Autoencoders for 28×28 images: a vanilla AE and a VAE, each with an MLP, a convolutional or a residual
+convolutional body (`resconv`: the conv body with a residual block after each down- and before each
+up-sampling step, He et al. 2016).
 
 Method names follow the maths: `encode` (x → z for an AE, x → (M, log V) for a VAE), `reparameterize`
 (Z = M + exp(½ log V) · ε, ε ~ N(0, I); Kingma & Welling 2014, section 2.4), `decode` (z → x̂ in [0, 1]).
@@ -58,6 +60,45 @@ def _conv_decoder(cfg: ModelConfig) -> nn.Module:
     )
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))), 3×3, same width: a pre-activation residual block (He et al. 2016, §3)
+    without normalisation, so that the exported graph is the training graph."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _resconv_encoder(cfg: ModelConfig, out_dim: int) -> nn.Module:
+    c, h, w = cfg.image_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 4, stride=2, padding=1), ResidualBlock(32),  # 28 → 14
+        nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2, padding=1), ResidualBlock(64), nn.ReLU(),  # 14 → 7
+        nn.Flatten(),
+        nn.Linear(64 * (h // 4) * (w // 4), cfg.hidden_dim), nn.ReLU(),
+        nn.Linear(cfg.hidden_dim, out_dim),
+    )
+
+
+def _resconv_decoder(cfg: ModelConfig) -> nn.Module:
+    c, h, w = cfg.image_shape
+    return nn.Sequential(
+        nn.Linear(cfg.latent_dim, cfg.hidden_dim), nn.ReLU(),
+        nn.Linear(cfg.hidden_dim, 64 * (h // 4) * (w // 4)),
+        nn.Unflatten(1, (64, h // 4, w // 4)),
+        ResidualBlock(64), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),  # 7 → 14
+        ResidualBlock(32), nn.ReLU(), nn.ConvTranspose2d(32, c, 4, stride=2, padding=1),  # 14 → 28
+    )
+
+
+BODIES = {"mlp": (_mlp_encoder, _mlp_decoder), "conv": (_conv_encoder, _conv_decoder),
+          "resconv": (_resconv_encoder, _resconv_decoder)}
+
+
 class AutoEncoder(nn.Module):
     """Vanilla AE: x → z → x̂. Its latent space is whatever the reconstruction loss made it."""
 
@@ -66,9 +107,9 @@ class AutoEncoder(nn.Module):
         if config.image_shape[1] % 4 or config.image_shape[2] % 4:
             raise ValueError(f"image sides must be multiples of 4, got {config.image_shape}")
         self.config = config
-        body = _mlp_encoder if config.arch == "mlp" else _conv_encoder
-        self.encoder = body(config, self._encoder_outputs())
-        self.decoder = (_mlp_decoder if config.arch == "mlp" else _conv_decoder)(config)
+        encoder, decoder = BODIES[config.arch]
+        self.encoder = encoder(config, self._encoder_outputs())
+        self.decoder = decoder(config)
 
     def _encoder_outputs(self) -> int:
         return self.config.latent_dim

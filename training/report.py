@@ -15,11 +15,9 @@ VAE with a 16-D latent on all ten digits, for the sample grids and the table. It
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from protos.atomic import atomic_write_bytes, atomic_write_text
+from protos.cli import OneLineParser, env, fail
 from training.checkpoint import CheckpointError, load_model, read_config
 from training.classifier import (
     CLASS_NAMES,
@@ -387,15 +386,9 @@ def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
 
 # --- the command ------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, as every aegen command
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     d = ReportOptions()
-    p = _Parser(prog="aegen-report", description="Reproduce the AE-vs-VAE experiments and write a report.")
+    p = OneLineParser(prog="aegen-report", description="Reproduce the AE-vs-VAE experiments and write a report.")
     p.add_argument("--out", type=Path, default=d.out, help="report folder (README.md, PNGs, metrics.json)")
     p.add_argument("--runs", type=Path, default=d.runs, help="checkpoint folder; matching checkpoints are reused")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the latent-16 models")
@@ -410,15 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", default=d.loss)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=int(os.environ["AEGEN_THREADS"]) if os.environ.get(
-        "AEGEN_THREADS", "").isdigit() else None, help="torch CPU threads (env AEGEN_THREADS)")
+    p.add_argument("--threads", type=int, default=env("threads"), help="torch CPU threads (env AEGEN_THREADS)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     try:
         result = run_report(ReportOptions(**vars(args)))
     except (ReportError, TrainError, DataError, CheckpointError, ClassifierError, EvalError, OSError) as exc:
-        print(f"aegen-report: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("aegen-report", exc)
     print(f"wrote {args.out}/README.md ({result['seconds']:.0f} s)")
     for line in _table(result["rows"]):
         print(line)

@@ -3,10 +3,13 @@
     aegen-train --kind vae --latent-dim 16 --epochs 30 --out runs/vae16
     aegen-train --kind ae --latent-dim 2 --classes 1,8 --out runs/ae2-18
     aegen-train --out runs/vae16 --epochs 40 --resume        # ten more epochs, optimiser state kept
+    aegen-train --arch resconv --latent-dim 8 --lr-schedule cosine --out runs/res8   # augmented by default
+    aegen-train --kind ae --corrupt noise:0.3 --out runs/denoise   # a denoising AE
+    aegen-train --data my-digits/ --out runs/mine                  # PNG/JPEG folder, or .npz / .npy
 
 On the CPU a run is deterministic: the same options (and thread count) give the same weights, and a
 run resumed after epoch k gives the same weights as one that never stopped, because every epoch
-reseeds its shuffle and its reparameterisation noise from (seed, epoch).
+reseeds its shuffle, its augmentation, its corruption and its reparameterisation noise from (seed, epoch).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import argparse
 import contextlib
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -26,13 +28,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from protos.cli import OneLineParser, env, fail
 from training import checkpoint as ckpt
+from training.augment import Corruption, random_affine
 from training.checkpoint import CheckpointConfig, CheckpointError, ModelConfig
+from training.curves import CURVES_FILE, plot_curves
 from training.data import DATASETS, DataError, Split, filter_classes, load_dataset, train_val_split
 from training.losses import LOSSES, kl_divergence, kl_weight_at, objective, reconstruction_loss
 from training.models import AutoEncoder, build_model
 
 VAL_BATCH = 1000
+AUGMENTED_BY_DEFAULT = ("digits", "mnist", "fashion-mnist")  # sets of centred 28×28 objects, like MNIST
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainError(Exception):
@@ -60,6 +67,9 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     limit: int | None = None
+    augment: bool | None = None  # None: on for the AUGMENTED_BY_DEFAULT data sets, off for your own images
+    corrupt: str | None = None  # "noise:0.3" or "mask:0.25": train a denoising model
+    lr_schedule: str = "constant"
     out: str = "runs/model"
     resume: bool = False
     progress: bool = True
@@ -67,6 +77,12 @@ class TrainOptions:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(kind=self.kind, arch=self.arch, latent_dim=self.latent_dim, hidden_dim=self.hidden_dim)
+
+    def augmented(self) -> bool:
+        return self.dataset in AUGMENTED_BY_DEFAULT if self.augment is None else self.augment
+
+    def corruption(self) -> Corruption | None:
+        return None if self.corrupt is None else Corruption.parse(self.corrupt)
 
 
 def check_options(options: TrainOptions) -> None:
@@ -83,10 +99,18 @@ def check_options(options: TrainOptions) -> None:
         (not 0.0 < options.val_fraction < 1.0, f"--val-fraction must be in (0, 1), got {options.val_fraction}"),
         (options.limit is not None and options.limit < 1, f"--limit must be ≥ 1, got {options.limit}"),
         (options.threads is not None and options.threads < 1, f"--threads must be ≥ 1, got {options.threads}"),
+        (options.lr_schedule not in LR_SCHEDULES,
+         f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {options.lr_schedule!r}"),
+        (options.dataset == "images" and not options.data_dir,
+         "--dataset images needs --data (a folder of PNG/JPEG images, or an .npz/.npy file)"),
     ]
     for bad, message in problems:
         if bad:
             raise TrainError(message)
+    try:
+        options.corruption()
+    except ValueError as exc:
+        raise TrainError(f"--corrupt: {exc}") from None
     try:
         options.model_config()
     except CheckpointError as exc:
@@ -146,11 +170,24 @@ def _as_batch(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255.0)
 
 
+def learning_rate_at(progress: float, options: TrainOptions) -> float:
+    """The learning rate `progress` epochs into training: constant, or cosine from lr to 0 over all the
+    epochs (Loshchilov & Hutter 2017, without restarts). It depends on the position and on --epochs only:
+    resuming with a larger --epochs stretches the cosine over the new total from where training stands."""
+    if options.lr_schedule == "cosine":
+        return options.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress / options.epochs)))
+    return options.lr
+
+
 def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                  options: TrainOptions, epoch: int, bar: tqdm) -> dict[str, float]:
     """One pass over the training images in a (seed, epoch)-determined order; returns mean loss terms."""
     torch.manual_seed(_epoch_seed(options.seed, epoch))  # the reparameterisation noise
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(_epoch_seed(options.seed, epoch)))
+    # Separate streams, so that switching augmentation or corruption on changes nothing else.
+    augment = torch.Generator().manual_seed(_epoch_seed(options.seed, epoch) ^ 0x5EED_A11C) if options.augmented() else None
+    corruption = options.corruption()
+    corrupt = torch.Generator().manual_seed(_epoch_seed(options.seed, epoch) ^ 0x5EED_C0DE)
     steps = math.ceil(len(images) / options.batch_size)
     # Running sums stay on the device: reading a CUDA scalar every step would stall the GPU.
     sums = {name: torch.zeros((), device=images.device) for name in ("loss", "reconstruction", "kl")}
@@ -159,8 +196,13 @@ def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: t
     for step in range(steps):
         index = order[step * options.batch_size:(step + 1) * options.batch_size].to(images.device)
         x = _as_batch(images[index])
+        if augment is not None:
+            x = random_affine(x, augment)
         weight = kl_weight_at(epoch + step / steps, options.kl_weight, options.kl_warmup_epochs)
-        logits, mean_or_z, log_var = model(x)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(epoch + step / steps, options)
+        # A denoising model sees the corrupted image and is scored against the clean one (Vincent et al. 2008).
+        logits, mean_or_z, log_var = model(x if corruption is None else corruption.apply(x, corrupt))
         terms = objective(logits, x, mean_or_z, log_var, options.loss, weight)
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -179,7 +221,8 @@ def _train_epoch(model: AutoEncoder, optimizer: torch.optim.Optimizer, images: t
     if not all(math.isfinite(v) for v in mean.values()):
         raise TrainError(f"the loss became {mean['train_loss']} in epoch {epoch + 1}; try a lower --lr")
     seconds = time.perf_counter() - start
-    return {**mean, "kl_weight": weight, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+    return {**mean, "kl_weight": weight, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+            "images_per_s": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -216,7 +259,8 @@ def _resume_state(options: TrainOptions, out: Path) -> tuple[CheckpointConfig, d
     """The checkpoint in `out` to continue from; it must describe the same model and data."""
     state, config = ckpt.load_checkpoint(out)
     wanted = _config(options, epochs=config.epochs, metrics={}, history=[])
-    same = ("model", "dataset", "classes", "loss", "seed", "val_fraction", "limit")
+    same = ("model", "dataset", "classes", "loss", "seed", "val_fraction", "limit", "augment", "corrupt",
+            "lr_schedule")
     for name in same:
         if getattr(config, name) != getattr(wanted, name):
             raise TrainError(f"{out}: cannot resume, the checkpoint's {name} is {getattr(config, name)!r} "
@@ -234,7 +278,8 @@ def _config(options: TrainOptions, epochs: int, metrics: dict[str, float],
         kl_weight=options.kl_weight if options.kind == "vae" else 0.0,
         kl_warmup_epochs=options.kl_warmup_epochs, epochs=epochs, batch_size=options.batch_size,
         learning_rate=options.lr, seed=options.seed, val_fraction=options.val_fraction, limit=options.limit,
-        metrics=metrics, history=history,
+        augment=options.augmented(), corrupt=None if options.corrupt is None else str(options.corruption()),
+        lr_schedule=options.lr_schedule, data_dir=options.data_dir, metrics=metrics, history=history,
     )
 
 
@@ -280,21 +325,22 @@ def train(options: TrainOptions) -> Path:
             metrics = {k: v for k, v in row.items() if k.startswith(("train_", "val_"))}
             ckpt.save_checkpoint(out, model.state_dict(), _config(options, epoch + 1, metrics, history),
                                  optimizer_state=ckpt.optimizer_to_tensors(optimizer))
+            plot_curves(history, out / CURVES_FILE, title=_curves_title(options))
     return out
+
+
+def _curves_title(options: TrainOptions) -> str:
+    extras = [f"λ {options.kl_weight:g}"] if options.kind == "vae" else []
+    extras += ["augmented"] if options.augmented() else []
+    extras += [f"corrupt {options.corrupt}"] if options.corrupt else []
+    extras += [f"{options.lr_schedule} lr {options.lr:g}"]
+    return f"{options.kind.upper()} {options.arch}, latent {options.latent_dim}, {options.dataset}: " + ", ".join(extras)
 
 
 def _summary(row: dict[str, float]) -> str:
     shown = [f"epoch {row['epoch']}"] + [f"{k} {v:.2f}" for k, v in row.items()
                                          if k.startswith(("train_", "val_"))]
     return "  ".join(shown + [f"{row['images_per_s']:.0f} img/s"])
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage dump) and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
 
 
 def _classes(text: str) -> tuple[int, ...]:
@@ -307,34 +353,33 @@ def _classes(text: str) -> tuple[int, ...]:
     return classes
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        sys.stderr.write(f"aegen-train: error: environment variable {name} must be an integer, got {value!r}\n")
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = TrainOptions()
-    env = os.environ.get
-    p = _Parser(prog="aegen-train", description="Train an AE or a VAE on 28×28 images and write a checkpoint.")
+    p = OneLineParser(prog="aegen-train", description="Train an AE or a VAE on 28×28 images and write a checkpoint.")
     p.add_argument("--kind", choices=ckpt.KINDS, default=d.kind)
     p.add_argument("--arch", choices=ckpt.ARCHS, default=d.arch)
     p.add_argument("--latent-dim", type=int, default=d.latent_dim)
     p.add_argument("--hidden-dim", type=int, default=d.hidden_dim)
-    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="digits: the 10,000 embedded MNIST digits; mnist / fashion-mnist: IDX files")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="digits (default): the 10,000 embedded MNIST digits; mnist / fashion-mnist: IDX files; "
+                        "images: your own, from --data")
     p.add_argument("--data-dir", default=env("AEGEN_DATA_DIR"),
                    help="directory of IDX files (env AEGEN_DATA_DIR; fashion-mnist defaults to "
                         "/usr/share/datasets/fashion-mnist)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="your own images: a folder of PNG/JPEG files (greyscale, resized to 28×28; labels from "
+                        "sub-folder names) or an .npz/.npy array of (N, 28, 28) images; implies --dataset images")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random shift ±2 px, rotation ±10°, scale ±10 %% of every training image "
+                        "(default: on for digits, mnist and fashion-mnist, off for --data)")
+    p.add_argument("--corrupt", default=None, metavar="KIND:AMOUNT",
+                   help="denoising: train on corrupted inputs, noise:SIGMA (e.g. noise:0.3) or mask:P (e.g. mask:0.25)")
     p.add_argument("--classes", type=_classes, default=None, help="train only on these classes, e.g. 1,8")
     p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs (with --resume: train up to this)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="constant, or cosine decay to 0 over --epochs")
     p.add_argument("--kl-weight", type=float, default=d.kl_weight, help="λ in L + λ·KL (VAE only)")
     p.add_argument("--kl-warmup-epochs", type=int, default=d.kl_warmup_epochs,
                    help="raise λ linearly from 0 over this many epochs")
@@ -342,20 +387,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bce, cbce (BCE + continuous-Bernoulli normaliser) or mse")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=env("AEGEN_DEVICE", d.device), help="auto, cpu or cuda (env AEGEN_DEVICE)")
+    p.add_argument("--device", default=env("device", d.device), help="auto, cpu or cuda (env AEGEN_DEVICE)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many training images")
     p.add_argument("--out", default=d.out, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    p.add_argument("--threads", type=int, default=_env_int("AEGEN_THREADS"),
+    # argparse passes a string default through `type`, so a bad AEGEN_THREADS is a one-line error too
+    p.add_argument("--threads", type=int, default=env("threads"),
                    help="torch CPU threads (env AEGEN_THREADS)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     overwrite = args.pop("overwrite")
+    data = args.pop("data")
+    if data is not None:
+        if args["dataset"] not in (None, "images"):
+            parser.error(f"--data reads your own images; it cannot be combined with --dataset {args['dataset']}")
+        args["dataset"], args["data_dir"] = "images", data
+    args["dataset"] = args["dataset"] or TrainOptions.dataset
     options = TrainOptions(**args)
     try:
         if not (options.resume or overwrite) and (Path(options.out) / ckpt.CONFIG_FILE).exists():
@@ -364,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         out = train(options)
         config = ckpt.read_config(out)
     except (TrainError, DataError, CheckpointError) as exc:
-        sys.stderr.write(f"aegen-train: error: {exc}\n")
-        return 2
+        return fail("aegen-train", exc)
     except KeyboardInterrupt:
         sys.stderr.write(f"aegen-train: interrupted; the last finished epoch is saved in {options.out}\n")
         return 130
