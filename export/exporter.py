@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from export.latent_samplers import MixtureFit, fit_samplers
+from export.latent_samplers import MixtureFit, fit_samplers, preview_latents
 from export.onnx_graphs import (
     DEFAULT_OPSET,
     ExportedGraph,
@@ -43,7 +43,6 @@ from export.repository import (
     VersionWriter,
     file_sha256,
     load_version,
-    sample_latents,
     write_samplers,
 )
 from export.verify import VerifyConfig, verify_graphs
@@ -178,13 +177,13 @@ def sample_quality(decoder: bytes, samplers: LatentSamplers, val_images: np.ndar
 
 def decode_sampler_seeds(decoder: bytes, samplers: LatentSamplers, samples: int, seed: int,
                          threads: int) -> dict[str, np.ndarray]:
-    """n images per sampler through an exported decoder graph, seeds drawn as the server draws them."""
+    """n images per sampler through an exported decoder graph (latents from `preview_latents`)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(decoder, options, providers=["CPUExecutionProvider"])
     images = {}
     for sampler in SAMPLERS:
-        latents = sample_latents(samplers, sampler, np.random.default_rng(seed), samples)
+        latents = preview_latents(samplers, sampler, np.random.default_rng(seed), samples)
         (images[sampler],) = session.run(None, {session.get_inputs()[0].name: latents})
     return images
 

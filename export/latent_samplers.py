@@ -6,7 +6,8 @@ An AE's latent space has no prior, and a VAE's aggregate posterior rarely matche
 drawn from a density fitted to where the encoder actually puts the training data decode to more valid
 images. Two densities are fitted: one full-covariance Gaussian, and a mixture of k full-covariance Gaussians
 fitted by EM (Dempster, Laird & Rubin 1977; Bishop, PRML §9.2.2). numpy only, deterministic given the seed.
-Sampling them is export.repository.sample_latents, shared with the server.
+The server draws from them at serving time (server/core/samplers.py); `preview_latents` here draws the
+export's own sample figures.
 """
 
 from __future__ import annotations
@@ -149,3 +150,16 @@ def _e_step(z: np.ndarray, weights: np.ndarray, means: np.ndarray, covs: np.ndar
     top = weighted.max(axis=1, keepdims=True)  # log-sum-exp, shifted so that exp never overflows
     log_norm = (top + np.log(np.exp(weighted - top).sum(axis=1, keepdims=True)))[:, 0]
     return weighted - log_norm[:, None], float(log_norm.mean())
+
+
+def preview_latents(samplers: LatentSamplers, sampler: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n latents from a sampler for the export's figures (float32); the server's draws are its own."""
+    d = samplers.latent_dim
+    if sampler == "standard_normal":
+        return rng.standard_normal((n, d)).astype(np.float32)
+    if sampler == "gaussian":
+        return rng.multivariate_normal(samplers.gaussian_mean, samplers.gaussian_cov, n).astype(np.float32)
+    counts = rng.multinomial(n, samplers.mixture_weights)
+    parts = [rng.multivariate_normal(samplers.mixture_means[k], samplers.mixture_covs[k], c)
+             for k, c in enumerate(counts) if c]
+    return rng.permutation(np.concatenate(parts)).astype(np.float32)

@@ -69,10 +69,6 @@ class RepositoryError(Exception):
     """A model repository entry is missing, malformed or inconsistent. The message names the file."""
 
 
-class SamplerError(ValueError):
-    """A request for latents cannot be met: unknown sampler, bad temperature or count, sampler not fitted."""
-
-
 # ---------------------------------------------------------------------------------------------- manifest
 
 
@@ -352,45 +348,6 @@ def read_samplers(path: Path) -> LatentSamplers:
         raise RepositoryError(f"{path}: {exc}") from None
 
 
-def sample_latents(
-    samplers: LatentSamplers | None,
-    sampler: str,
-    rng: np.random.Generator,
-    n: int,
-    temperature: float = 1.0,
-    *,
-    latent_dim: int | None = None,
-) -> np.ndarray:
-    """Seeds → latents, float32 (n, d); the one definition the server and the tests share.
-
-    standard_normal: temperature·ε;  gaussian: mean + temperature·L·ε;  mixture: draw a component k by
-    weight, then mean_k + temperature·L_k·ε, with ε ~ N(0, I) and L·Lᵀ the covariance. The same rng state
-    gives the same latents. `latent_dim` is needed only for standard_normal without fitted samplers."""
-    if sampler not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if not (_is_number(temperature) and temperature > 0):
-        raise SamplerError(f"temperature must be finite and > 0, got {temperature!r}")
-    if not (_is_int(n) and n >= 0):
-        raise SamplerError(f"number of samples must be a non-negative integer, got {n!r}")
-    if sampler == "standard_normal":
-        d = samplers.latent_dim if samplers is not None else latent_dim
-        if d is None:
-            raise SamplerError("standard_normal needs latent_dim when no fitted samplers are given")
-        return (temperature * rng.standard_normal((n, d))).astype(np.float32)
-    if samplers is None:
-        raise SamplerError(f"sampler {sampler!r} was not fitted for this model")
-    if sampler == "gaussian":
-        eps = rng.standard_normal((n, samplers.latent_dim))
-        return (samplers.gaussian_mean + temperature * eps @ samplers.gaussian_chol.T).astype(np.float32)
-    component = rng.choice(samplers.components, size=n, p=samplers.mixture_weights)
-    eps = rng.standard_normal((n, samplers.latent_dim))
-    z = np.empty((n, samplers.latent_dim))
-    for k in range(samplers.components):  # per component, not a gather of (n, d, d) factors: memory stays O(n·d)
-        rows = component == k
-        z[rows] = samplers.mixture_means[k] + temperature * eps[rows] @ samplers.mixture_chols[k].T
-    return z.astype(np.float32)
-
-
 # -------------------------------------------------------------------------------------------- versions
 
 
@@ -417,16 +374,6 @@ class ModelVersion:
             raise RepositoryError(
                 f"{path}: latent dimension {samplers.latent_dim}, manifest says {self.manifest.latent_dim}")
         return samplers
-
-    def sample_latents(self, sampler: str, rng: np.random.Generator, n: int, temperature: float = 1.0,
-                       samplers: LatentSamplers | None = None) -> np.ndarray:
-        """sample_latents for this version; pass `samplers` (from load_samplers) to avoid re-reading them."""
-        if sampler not in self.manifest.samplers:
-            raise SamplerError(f"model {self.name} version {self.version} offers samplers "
-                               f"{list(self.manifest.samplers)}, not {sampler!r}")
-        if samplers is None and sampler in FITTED_SAMPLERS:
-            samplers = self.load_samplers()
-        return sample_latents(samplers, sampler, rng, n, temperature, latent_dim=self.manifest.latent_dim)
 
 
 def file_sha256(path: Path) -> str:

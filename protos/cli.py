@@ -9,6 +9,7 @@ exits 2, never with a traceback, and each flag `--some-name` may also come from 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -42,3 +43,84 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise SystemExit(fail(self.prog, message))
+
+
+# ------------------------------------------------------------------ flags and variables from dataclasses
+# A command's settings are frozen dataclasses; each field `some_name` is the flag `--some-name` and the
+# variable `AEGEN_SOME_NAME`. A flag given on the command line wins over the variable, the variable over the
+# field's default. Supported field types (as annotated, with `from __future__ import annotations`): int,
+# float, str, bool, `str | None`, `tuple[str, ...]` (comma-separated).
+
+
+class SettingError(ValueError):
+    """A flag or environment variable has a value the command cannot run with (the message says which)."""
+
+
+def flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, settings: type, help_texts: Mapping[str, str]) -> None:
+    """One flag per field of the dataclass `settings`; every flag defaults to None (= not given)."""
+    for f in dataclasses.fields(settings):
+        text = f"{help_texts[f.name]} [env {env_var(f.name)}]"
+        if f.type == "bool":
+            parser.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
+        else:
+            parser.add_argument(flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=text)
+
+
+def dataclass_values(settings: type, args: argparse.Namespace, environ: Mapping[str, str],
+                     upper: tuple[str, ...] = ()) -> dict[str, object]:
+    """The fields of `settings` given as flags (in `args`) or variables, converted; SettingError if unparsable.
+
+    Fields named in `upper` are upper-cased (choices such as a log level)."""
+    values = {}
+    for f in dataclasses.fields(settings):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            raw = environ.get(env_var(f.name))
+        if raw is None:
+            continue
+        value = _convert(f.name, f.type, raw)
+        values[f.name] = value.upper() if f.name in upper and isinstance(value, str) else value
+    return values
+
+
+def default_text(value: object) -> str:
+    """A field's default as the flag tables and docs print it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == ():
+        return ""
+    return str(value)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+def _convert(name: str, type_name: str, raw: object) -> object:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip()
+    try:
+        if type_name == "int":
+            return int(text)
+        if type_name == "float":
+            return float(text)
+        if type_name == "bool":
+            return parse_bool(text)
+    except ValueError:
+        raise SettingError(f"{flag(name)} / {env_var(name)}: expected {type_name}, got {text!r}") from None
+    if type_name == "tuple[str, ...]":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if type_name == "str | None":
+        return text or None
+    return text

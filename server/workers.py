@@ -1,6 +1,6 @@
 """--workers N: N server processes on one port, each with its own onnxruntime sessions and batcher.
 
-One Python gRPC process is wire-bound well below what one GPU decodes (issue 7), so several processes share
+One Python gRPC process is wire-bound well below what one GPU decodes (docs/benchmarks/gpu.md), so several processes share
 the port through SO_REUSEPORT, the way grpc's examples/python/multiprocessing does: the kernel spreads new
 connections over the workers. The parent binds no gRPC port and loads no model; it
 
@@ -66,7 +66,7 @@ class WorkerIdentity:
 
 async def run_workers(config: ServerConfig, argv: Sequence[str]) -> int:
     """Start config.workers workers with `argv`, supervise them; the exit code. Raises WorkersError."""
-    _check_port_free(config.host, config.port)
+    _check_port_free(config.process.host, config.grpc.port)
     _check_repository(config)
     directory = tempfile.mkdtemp(prefix="aegen-metrics-")
     metrics_http = None
@@ -76,13 +76,13 @@ async def run_workers(config: ServerConfig, argv: Sequence[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the first worker: a SIGTERM now still stops them all
         loop.add_signal_handler(sig, stop.set)
     try:
-        if config.metrics_port:
+        if config.metrics.metrics_port:
             metrics_http = _serve_metrics(config, directory)
-        for index in range(config.workers):
+        for index in range(config.process.workers):
             workers.append(await _start_worker(index, argv, directory))
-        log.info("workers started", extra={"workers": [w.pid for w in workers], "port": config.port,
-                                           "metrics_port": config.metrics_port})
-        return await _supervise(workers, stop, config.grace_seconds, directory)
+        log.info("workers started", extra={"workers": [w.pid for w in workers], "port": config.grpc.port,
+                                           "metrics_port": config.metrics.metrics_port})
+        return await _supervise(workers, stop, config.process.grace_seconds, directory)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -152,19 +152,20 @@ def _check_port_free(host: str, port: int) -> None:
 
 def _check_repository(config: ServerConfig) -> None:
     # A repository every worker would refuse is one line from the parent, not one per worker.
-    if config.models:
+    if config.core.models:
         return
     try:
-        if not list_models(Path(config.repository)):
-            raise WorkersError(f"{config.repository}: no models in the repository")
+        if not list_models(Path(config.core.repository)):
+            raise WorkersError(f"{config.core.repository}: no models in the repository")
     except RepositoryError as exc:
         raise WorkersError(str(exc)) from None
 
 
 def _serve_metrics(config: ServerConfig, directory: str):
-    from server.metrics import serve_multiprocess
+    from server.telemetry.metrics import serve_multiprocess
 
+    host, port = config.process.host, config.metrics.metrics_port
     try:
-        return serve_multiprocess(config.host, config.metrics_port, directory)
+        return serve_multiprocess(host, port, directory)
     except OSError as exc:
-        raise WorkersError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {exc.strerror}") from None
+        raise WorkersError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None

@@ -21,13 +21,11 @@ from export.repository import (
     LatentSamplers,
     Manifest,
     RepositoryError,
-    SamplerError,
     VersionWriter,
     list_models,
     list_versions,
     load_version,
     read_samplers,
-    sample_latents,
     write_samplers,
 )
 
@@ -241,33 +239,6 @@ def test_samplers_that_are_not_a_density_are_refused() -> None:
         dataclasses.replace(s, mixture_weights=np.array([0.7, 0.7]))
     with pytest.raises(RepositoryError, match="positive definite"):
         dataclasses.replace(s, gaussian_cov=-np.eye(3))
-
-
-def test_same_rng_seed_gives_the_same_latents_for_every_sampler() -> None:
-    s = _samplers()
-    for sampler in ("standard_normal", "gaussian", "mixture"):
-        a = sample_latents(s, sampler, np.random.default_rng(5), 64, 0.7)
-        b = sample_latents(s, sampler, np.random.default_rng(5), 64, 0.7)
-        assert a.dtype == np.float32 and a.shape == (64, 3)
-        np.testing.assert_array_equal(a, b)
-
-
-def test_standard_normal_without_fitted_samplers_needs_the_latent_dim() -> None:
-    z = sample_latents(None, "standard_normal", np.random.default_rng(0), 10, latent_dim=4)
-    assert z.shape == (10, 4)
-    with pytest.raises(SamplerError, match="latent_dim"):
-        sample_latents(None, "standard_normal", np.random.default_rng(0), 10)
-    with pytest.raises(SamplerError, match="not fitted"):
-        sample_latents(None, "mixture", np.random.default_rng(0), 10, latent_dim=4)
-
-
-@pytest.mark.parametrize("sampler, n, temperature, message", [
-    ("uniform", 1, 1.0, "unknown sampler"), ("gaussian", 1, 0.0, "temperature"),
-    ("gaussian", 1, float("nan"), "temperature"), ("gaussian", -1, 1.0, "non-negative"),
-])
-def test_bad_sampling_requests_raise_sampler_error(sampler, n, temperature, message) -> None:
-    with pytest.raises(SamplerError, match=message):
-        sample_latents(_samplers(), sampler, np.random.default_rng(0), n, temperature)
 
 
 def test_format_module_imports_neither_torch_nor_onnx() -> None:

@@ -36,7 +36,7 @@ class ServerMetrics:
         self.requests = Counter(
             "aegen_requests", "Calls answered, by method and status code.", ["method", "model", "code"],
             registry=r)
-        self.samples_generated = Counter(
+        self.samples_generated_total = Counter(
             "aegen_samples_generated", "Images decoded from latent seeds and returned.", ["model"], registry=r)
         self.queue_wait = Histogram(
             "aegen_queue_wait_seconds", "Time a request waited in the batch queue before its first batch.",
@@ -58,6 +58,7 @@ class ServerMetrics:
             ["name", "version", "device", "execution_provider"], multiprocess_mode="liveall", registry=r)
         self._model_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._request_children: dict[tuple[str, str, str], tuple] = {}
+        self._generated: dict[str, Counter] = {}
 
     def observe_request(self, method: str, model: str, code: str, seconds: float) -> None:
         key = (method, model, code)
@@ -67,6 +68,21 @@ class ServerMetrics:
             self._request_children[key] = children
         children[0].observe(seconds)
         children[1].inc()
+
+    # CallObserver (server/protocols/grpc_calls.py)
+    def call_started(self) -> None:
+        self.in_flight.inc()
+
+    def call_finished(self, method: str, model: str, code: str, seconds: float) -> None:
+        self.in_flight.dec()
+        self.observe_request(method, model, code, seconds)
+
+    # ModelObserver (server/core/models.py)
+    def samples_generated(self, model: str, n: int) -> None:
+        counter = self._generated.get(model)
+        if counter is None:
+            counter = self._generated[model] = self.samples_generated_total.labels(model)
+        counter.inc(n)
 
     def model_loaded(self, name: str, version: int, device: str, execution_provider: str) -> None:
         labels = (name, str(version), device, execution_provider)

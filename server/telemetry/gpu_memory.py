@@ -1,4 +1,4 @@
-"""GPU memory in use as Prometheus gauges, read from the CUDA runtime onnxruntime loaded (server/cudart.py).
+"""GPU memory in use as Prometheus gauges, read from the CUDA runtime onnxruntime loaded (server/core/cudart.py).
 
     aegen_gpu_memory_used_bytes{device="0"}    total - free, as cudaMemGetInfo reports it
     aegen_gpu_memory_total_bytes{device="0"}
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
-from server.cudart import CUDART_SONAMES, CudaRuntime
+from server.core.cudart import CUDART_SONAMES, CudaRuntime
 
 log = logging.getLogger("aegen.server.gpu_memory")
 

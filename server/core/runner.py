@@ -2,7 +2,7 @@
 
 One session per loaded graph. `select_device` decides once per process between the CUDA and the CPU
 execution provider; every session then checks which provider it actually got (onnxruntime falls back to
-CPU silently when the CUDA libraries do not load, see shared/GPU.md), and that provider is what we report.
+CPU silently when the CUDA libraries do not load), and that provider is what we report.
 
 Everything CUDA-specific (provider options, CUDA graphs, device-side buffers) lives in this module, so the
 rest of the server only sees `GraphRunner.run` and `DecoderRunner.decode_into`.
@@ -17,31 +17,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.config import ServerConfig
-from server.cudart import CudaRuntime
+from server.core.cudart import CudaRuntime
 from server.core.errors import DeviceError, ModelLoadError
+from server.core.settings import ExecutionConfig
 
 log = logging.getLogger("aegen.server.runner")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    device: str = "auto"  # "auto" | "cuda" | "cpu"
-    intra_op_threads: int = 0
-    cuda_graphs: bool = False
-    cuda_tf32: bool = False
-    cudnn_conv_algo_search: str = "HEURISTIC"
-    gpu_mem_limit: int = 0
-
-    @classmethod
-    def from_server_config(cls, config: ServerConfig) -> ExecutionConfig:
-        return cls(device=config.device, intra_op_threads=config.intra_op_threads,
-                   cuda_graphs=config.cuda_graphs, cuda_tf32=config.cuda_tf32,
-                   cudnn_conv_algo_search=config.cudnn_conv_algo_search,
-                   gpu_mem_limit=config.gpu_mem_limit)
 
 
 @dataclass(frozen=True)
@@ -144,7 +127,7 @@ class DecoderRunner:
     IO binding writes the output straight into the caller's array (no allocation per batch; on CUDA the
     images stay on the device until that one copy). With CUDA graphs each bucket gets fixed device buffers
     and its own captured graph, and a batch is padded up to its bucket; its n rows then go to the caller's
-    array in one cudaMemcpy (server/cudart.py), checked once at warm-up against onnxruntime's own copy, else
+    array in one cudaMemcpy (server/core/cudart.py), checked once at warm-up against onnxruntime's own copy, else
     through onnxruntime's copy to a new array and a second, host-side copy."""
 
     def __init__(self, path: Path, device: Device, latent_dim: int, image_shape: tuple[int, ...],

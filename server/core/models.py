@@ -6,38 +6,87 @@ only then is swapped in, atomically, as its model's served version. The registry
 for newer versions; one that fails to load or verify is refused with a log line and the old one keeps
 serving. A retired version's batcher finishes what it has queued.
 
-This is the server's core API (no gRPC): `LoadedModel.generate`, `.encode`, `.reconstruct`.
+Protocols do not call this module directly: server/core/dataplane.py is the core's one entry point.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from export.repository import (
     LatentSamplers,
+    Manifest,
     ModelVersion,
     RepositoryError,
     list_models,
     list_versions,
     load_version,
 )
-from server.batcher import Batcher, BatcherConfig, Decoded
-from server.config import MAX_IMAGE_ELEMENTS, ServerConfig
+from server.core import samplers as latent_samplers
+from server.core.batcher import Batcher, BatchObserver, Decoded
 from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerError
-from server.metrics import ServerMetrics
-from server.runner import DecoderRunner, Device, GraphRunner
+from server.core.runner import DecoderRunner, Device, GraphRunner
+from server.core.settings import MAX_IMAGE_ELEMENTS, CoreSettings
 
 log = logging.getLogger("aegen.server.models")
 
 OUTPUT_DTYPES = {"uint8": "decoder_uint8", "float32": "decoder"}  # response dtype → graph key
+
+
+class ModelObserver(Protocol):
+    """What telemetry hears of the registry (server/telemetry/metrics.py provides it); on the event loop."""
+
+    def model_loaded(self, name: str, version: int, device: str, execution_provider: str) -> None: ...
+    def model_unloaded(self, name: str, version: int) -> None: ...
+    def samples_generated(self, model: str, n: int) -> None: ...
+    def batch_observer(self, model: str, device: str) -> BatchObserver | None: ...
+
+
+class _NullModelObserver:
+    def model_loaded(self, name: str, version: int, device: str, execution_provider: str) -> None:
+        pass
+
+    def model_unloaded(self, name: str, version: int) -> None:
+        pass
+
+    def samples_generated(self, model: str, n: int) -> None:
+        pass
+
+    def batch_observer(self, model: str, device: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model version, as every protocol describes it."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    device: str
+    execution_provider: str
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(self.manifest.samplers)
 
 
 @dataclass(frozen=True)
@@ -77,10 +126,14 @@ class LoadedModel:
     def execution_provider(self) -> str:
         return self.decoders["float32"].execution_provider
 
+    @functools.cached_property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, self.number, self.manifest, self.device, self.execution_provider)
+
     def generate(self, n: int, seed: int, sampler: str, temperature: float, dtype: str,
                  deadline: float | None = None) -> asyncio.Future:
         """Queue n samples drawn from Generator(PCG64(seed)); resolves to batcher.Decoded."""
-        self._check_count(n)
+        self.check_count(n)
         self.check_sampling(sampler, temperature)
 
         def make_latents() -> np.ndarray:  # seeding PCG64 costs ~20 µs: on the inference thread too
@@ -91,7 +144,7 @@ class LoadedModel:
     def latent_source(self, sampler: str, rng: np.random.Generator, n: int, temperature: float
                       ) -> Callable[[], np.ndarray]:
         """Called on the inference thread: drawing 65,536 latents should not hold up the event loop."""
-        return lambda: self.version.sample_latents(sampler, rng, n, temperature, samplers=self.samplers)
+        return lambda: latent_samplers.draw(self.samplers, sampler, rng, n, self.manifest.latent_dim, temperature)
 
     def submit_latents(self, n: int, make_latents: Callable[[], np.ndarray], dtype: str,
                        deadline: float | None = None) -> asyncio.Future:
@@ -100,11 +153,8 @@ class LoadedModel:
         return self.batcher.submit(n, make_latents, dtype, deadline)
 
     def check_sampling(self, sampler: str, temperature: float) -> None:
-        if sampler not in self.manifest.samplers:
-            raise InvalidRequest(f"model {self.name} version {self.number} offers samplers "
-                                 f"{', '.join(self.manifest.samplers)}; not {sampler}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise InvalidRequest(f"temperature must be finite and > 0, got {temperature}")
+        latent_samplers.check_sampling(self.manifest.samplers, sampler, temperature,
+                                       f"model {self.name} version {self.number}")
 
     def check_images(self, shape: tuple[int, ...], dtype: str, data: bytes) -> np.ndarray:
         """Packed images (uint8 0..255 or float32 [0, 1]) → float32 (n, *image_shape); InvalidRequest if wrong."""
@@ -112,7 +162,7 @@ class LoadedModel:
         if len(shape) != 1 + len(expected) or tuple(shape[1:]) != expected:
             raise InvalidRequest(f"images must have shape [N, {', '.join(map(str, expected))}], got {list(shape)}")
         n = shape[0]
-        self._check_count(n)
+        self.check_count(n)
         itemsize = {"uint8": 1, "float32": 4}[dtype]
         size = n * math.prod(expected) * itemsize
         if len(data) != size:
@@ -130,12 +180,12 @@ class LoadedModel:
         log_variance = outputs[names[1]] if len(names) > 1 else None
         return Encoded(np.ascontiguousarray(outputs[names[0]], np.float32), log_variance)
 
-    def _check_count(self, n: int) -> None:
+    def check_count(self, n: int) -> None:
         if not 1 <= n <= self.max_samples:
             raise InvalidRequest(f"number of samples must be in 1..{self.max_samples}, got {n}")
 
 
-def load_model(repository: Path, name: str, version: int, device: Device, config: ServerConfig) -> LoadedModel:
+def load_model(repository: Path, name: str, version: int, device: Device, config: CoreSettings) -> LoadedModel:
     """Read, verify, open and warm up one version. Blocking (seconds); raises ModelLoadError."""
     try:
         model_version = load_version(repository, name, version)
@@ -164,10 +214,10 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
 class ModelRegistry:
     """The served version of each model; `resolve` is what request handlers call."""
 
-    def __init__(self, config: ServerConfig, device: Device, metrics: ServerMetrics) -> None:
+    def __init__(self, config: CoreSettings, device: Device, observer: ModelObserver | None = None) -> None:
         self.config = config
         self.device = device
-        self.metrics = metrics
+        self.observer = observer or _NullModelObserver()
         self.repository = Path(config.repository)
         self._models: dict[str, LoadedModel] = {}
         self._refused: set[tuple[str, int]] = set()
@@ -182,6 +232,9 @@ class ModelRegistry:
         if version is not None and version != model.number:
             raise ModelNotFound(f"model {name!r} version {version} is not loaded; serving version {model.number}")
         return model
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._models
 
     def models(self) -> list[LoadedModel]:
         return [self._models[name] for name in sorted(self._models)]
@@ -250,23 +303,22 @@ class ModelRegistry:
         return name in self._models
 
     def _activate(self, model: LoadedModel, load_seconds: float) -> None:
-        model.batcher = Batcher(
-            model.decoders,
-            BatcherConfig(self.config.max_batch_size, self.config.max_queue_delay_us, self.config.max_queue_samples),
-            self.metrics.batch_observer(model.name, model.device), name=f"{model.name}-{model.number}")
+        model.batcher = Batcher(model.decoders, self.config.batching,
+                                self.observer.batch_observer(model.name, model.device),
+                                name=f"{model.name}-{model.number}")
         model.batcher.start()
         old = self._models.get(model.name)
         self._models[model.name] = model  # the swap: one assignment on the event loop
-        self.metrics.model_loaded(model.name, model.number, model.device, model.execution_provider)
+        self.observer.model_loaded(model.name, model.number, model.device, model.execution_provider)
         log.info("model version serving", extra={
             "model": model.name, "version": model.number, "device": model.device,
             "execution_provider": model.execution_provider, "samplers": list(model.manifest.samplers),
             "load_seconds": round(load_seconds, 3), "replaces": old.number if old else None})
         if old is not None:
-            self.metrics.model_unloaded(old.name, old.number)
+            self.observer.model_unloaded(old.name, old.number)
             task = asyncio.get_running_loop().create_task(old.batcher.close())
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
 
-__all__ = ["Decoded", "Encoded", "LoadedModel", "ModelRegistry", "load_model"]
+__all__ = ["Decoded", "Encoded", "LoadedModel", "ModelInfo", "ModelObserver", "ModelRegistry", "load_model"]

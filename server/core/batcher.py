@@ -25,13 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from server.core.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    max_batch_size: int = 8192
-    max_queue_delay_us: int = 0
-    max_queue_samples: int = 262144
+from server.core.settings import BatcherConfig
 
 
 class Decoder(Protocol):

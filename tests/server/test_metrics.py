@@ -6,7 +6,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.client import AegenClient
+from client.client import AegenClient
 from tests.plugins.server import promtool_check_metrics
 
 VAE = "digits-vae"

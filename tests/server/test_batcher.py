@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from export.repository import load_version
-from server.batcher import Batcher, BatcherConfig
+from server.core.batcher import Batcher
 from server.core.errors import DeadlineExceeded, QueueFull
-from server.runner import DecoderRunner, Device, ExecutionConfig
+from server.core.runner import DecoderRunner, Device
+from server.core.samplers import draw
+from server.core.settings import BatcherConfig, ExecutionConfig
 
 
 class Recorder:
@@ -43,7 +45,8 @@ def vae(model_repository):
 
 
 def _latents(version, seed: int, n: int):
-    return lambda: version.sample_latents("standard_normal", np.random.Generator(np.random.PCG64(seed)), n)
+    return lambda: draw(None, "standard_normal", np.random.Generator(np.random.PCG64(seed)), n,
+                        version.manifest.latent_dim)
 
 
 def _run(decoders, body, **config):

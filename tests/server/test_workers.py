@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from client.client import CHANNEL_OPTIONS, AegenClient
 from protos.aegen.v1 import generator_pb2_grpc
-from server.client import CHANNEL_OPTIONS, AegenClient
 from tests.plugins.server import (
     ROOT,
     copy_repository,
@@ -115,9 +115,9 @@ def test_promtool_accepts_the_merged_metrics(workers_server):
 
 
 _WORKER_METRICS = """
-from server.cudart import CudaRuntime
-from server.gpu_memory import gpu_memory_metrics
-from server.metrics import ServerMetrics
+from server.core.cudart import CudaRuntime
+from server.telemetry.gpu_memory import gpu_memory_metrics
+from server.telemetry.metrics import ServerMetrics
 
 def mem_get_info(free, total):
     free.contents.value, total.contents.value = 3 << 30, 80 << 30
@@ -133,7 +133,7 @@ gpu_memory_metrics(metrics.registry, multiprocess=True, find_runtime=lambda: Cud
 
 def test_merged_metrics_drop_retired_versions_and_keep_worker_gpu_memory(tmp_path):
     # Two worker processes' metric files (real multiprocess mode), served by the parent's /metrics.
-    from server.metrics import serve_multiprocess
+    from server.telemetry.metrics import serve_multiprocess
 
     for _ in range(2):
         subprocess.run([sys.executable, "-c", _WORKER_METRICS], cwd=ROOT, check=True, timeout=60,

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# onnxruntime-gpu 1.2x is built for CUDA 12, 1.31 for CUDA 13 (shared/GPU.md); newest first.
+# onnxruntime-gpu 1.2x is built for CUDA 12, 1.31 for CUDA 13; newest first (docs/benchmarks/gpu.md).
 CUDART_SONAMES = ("libcudart.so.13", "libcudart.so.12")
 _MEMCPY_DEVICE_TO_HOST = 2  # cudaMemcpyKind
 

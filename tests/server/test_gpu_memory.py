@@ -14,8 +14,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.cudart import CudaRuntime
-from server.gpu_memory import TOTAL, USED, gpu_memory_metrics
+from server.core.cudart import CudaRuntime
+from server.telemetry.gpu_memory import TOTAL, USED, gpu_memory_metrics
 
 GIB = 1 << 30
 

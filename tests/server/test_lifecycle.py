@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.client import AegenClient
 from export.repository import GRAPH_FILES, VersionWriter, load_version
-from server.client import AegenClient
 from tests.plugins.server import ROOT, copy_repository, launch_aegen_server, wait_until
 
 VAE = "digits-vae"

@@ -1,0 +1,193 @@
+"""The data plane: every operation a protocol exposes, in protocol-neutral terms.
+
+Protocol adapters (server/protocols/) decode a request into these calls' arguments, await the call, and
+encode what it returns; errors are server/core/errors.py types, which each adapter maps to its statuses in
+one table. Defaults (the server-drawn seed), limits, stream chunking and Reconstruct's composition of encode
+and decode are decided here, once, for every protocol.
+
+    generate     seeds → images (and their latents)      reconstruct  images → codes → images
+    stream       a long generate, in chunks               decode       caller-given latents → images
+    encode       images → latent codes                    models, model, ready
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.core.batcher import Decoded
+from server.core.errors import InvalidRequest
+from server.core.models import Encoded, LoadedModel, ModelInfo, ModelRegistry
+from server.core.settings import CoreSettings
+
+DEFAULT_SAMPLER = "standard_normal"
+DEFAULT_DTYPE = "uint8"
+OUTPUT_DTYPES = ("uint8", "float32")
+
+
+@dataclass(frozen=True)
+class Generated:
+    """Images decoded from a seed's latents (or a chunk of them, rows offset.. of the stream)."""
+
+    model: ModelInfo
+    images: np.ndarray  # (n, *image_shape), uint8 or float32
+    latents: np.ndarray  # (n, latent_dim) float32
+    sampler: str
+    seed: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    model: ModelInfo
+    latents: np.ndarray  # (n, d) float32: z for an AE, the mean for a VAE
+    log_variance: np.ndarray | None  # (n, d) float32 for a VAE
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    model: ModelInfo
+    images: np.ndarray  # (n, *image_shape) in the asked dtype
+
+
+@dataclass(frozen=True)
+class PackedImages:
+    """Images as they arrive on the wire: shape [n, *image_shape], dtype uint8 (0..255) or float32 ([0, 1])."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    data: bytes | memoryview
+
+
+class DataPlane:
+    """The core's one entry point for protocols; it owns no transport and no metrics library."""
+
+    def __init__(self, registry: ModelRegistry, settings: CoreSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+
+    # ----------------------------------------------------------------------------------- what is served
+
+    def ready(self) -> bool:
+        return bool(self.registry.models())
+
+    def models(self) -> list[ModelInfo]:
+        return [_info(m) for m in self.registry.models()]
+
+    def model(self, name: str, version: int | None = None) -> ModelInfo:
+        return _info(self.registry.resolve(name, version))
+
+    def model_label(self, name: str) -> str:
+        """`name` if it is a loaded model, else "": metrics labels must not grow with what clients send."""
+        return name if self.registry.is_loaded(name) else ""
+
+    # ------------------------------------------------------------------------------------- generation
+
+    async def generate(self, name: str, version: int | None, n: int, *, seed: int | None = None,
+                       sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0, dtype: str = DEFAULT_DTYPE,
+                       deadline: float | None = None) -> Generated:
+        """n samples drawn from `seed` (a server-drawn one when None); `deadline` is time.monotonic()."""
+        model = self.registry.resolve(name, version)
+        seed = draw_seed() if seed is None else seed
+        _check_dtype(dtype)
+        decoded = await model.generate(n, seed, sampler, temperature, dtype, deadline)
+        self.registry.observer.samples_generated(model.name, n)
+        return Generated(_info(model), decoded.images, decoded.latents, sampler, seed)
+
+    async def stream(self, name: str, version: int | None, n: int, *, chunk: int = 0, seed: int | None = None,
+                     sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0, dtype: str = DEFAULT_DTYPE,
+                     deadline: float | None = None) -> AsyncIterator[Generated]:
+        """n samples in chunks of `chunk` (0: the batch size), all drawn in order from one seed's generator.
+
+        The next chunk is queued once this one is decoded (so the generator is drawn in order), while this
+        one is being sent; a consumer that stops early cancels the queued chunk."""
+        model = self.registry.resolve(name, version)
+        limit = self.settings.max_samples_per_stream
+        if not 1 <= n <= limit:
+            raise InvalidRequest(f"num_samples must be in 1..{limit}, got {n}")
+        if chunk < 0:
+            raise InvalidRequest(f"chunk_samples must be >= 0, got {chunk}")
+        chunk = min(chunk or self.settings.max_batch_size, self.settings.max_samples_per_request)
+        seed = draw_seed() if seed is None else seed
+        _check_dtype(dtype)
+        model.check_sampling(sampler, temperature)
+        info = _info(model)
+        rng = np.random.Generator(np.random.PCG64(seed))  # one generator for the whole stream, chunk by chunk
+
+        def submit(offset: int) -> asyncio.Future:
+            count = min(chunk, n - offset)
+            return model.submit_latents(count, model.latent_source(sampler, rng, count, temperature), dtype,
+                                        deadline)
+
+        offset, pending = 0, submit(0)
+        try:
+            while pending is not None:
+                decoded: Decoded = await pending
+                count = decoded.images.shape[0]
+                pending = submit(offset + count) if offset + count < n else None
+                self.registry.observer.samples_generated(model.name, count)
+                yield Generated(info, decoded.images, decoded.latents, sampler, seed, offset)
+                offset += count
+        finally:
+            if pending is not None:
+                pending.cancel()  # the client went away: the batcher drops the queued chunk
+
+    # ---------------------------------------------------------------------------------- codes and images
+
+    async def encode(self, name: str, version: int | None, images: PackedImages) -> EncodedImages:
+        model = self.registry.resolve(name, version)
+        encoded: Encoded = await asyncio.to_thread(model.encode, _unpack(model, images))
+        return EncodedImages(_info(model), encoded.latents, encoded.log_variance)
+
+    async def reconstruct(self, name: str, version: int | None, images: PackedImages, *,
+                          dtype: str = DEFAULT_DTYPE, deadline: float | None = None) -> DecodedImages:
+        """Encode, then decode the codes (a VAE's means) through the batcher, like seeds: same queue bound."""
+        model = self.registry.resolve(name, version)
+        _check_dtype(dtype)
+        pixels = _unpack(model, images)
+        encoded: Encoded = await asyncio.to_thread(model.encode, pixels)
+        decoded = await model.submit_latents(len(pixels), lambda: encoded.latents, dtype, deadline)
+        return DecodedImages(_info(model), decoded.images)
+
+    async def decode(self, name: str, version: int | None, latents: np.ndarray, *, dtype: str = DEFAULT_DTYPE,
+                     deadline: float | None = None) -> DecodedImages:
+        """Caller-given latents (n, latent_dim) → images, batched with everything else."""
+        model = self.registry.resolve(name, version)
+        _check_dtype(dtype)
+        d = model.manifest.latent_dim
+        if latents.ndim != 2 or latents.shape[1] != d:
+            raise InvalidRequest(f"latents must have shape [N, {d}] for model {model.name}, got {list(latents.shape)}")
+        model.check_count(latents.shape[0])
+        latents = np.ascontiguousarray(latents, dtype=np.float32)
+        if not np.isfinite(latents).all():
+            raise InvalidRequest("latents must be finite (no NaN or infinity)")
+        decoded = await model.submit_latents(latents.shape[0], lambda: latents, dtype, deadline)
+        return DecodedImages(_info(model), decoded.images)
+
+
+def draw_seed() -> int:
+    """The seed of a request that brings none: 64 random bits, returned to the caller with the samples."""
+    return secrets.randbits(64)
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in OUTPUT_DTYPES:
+        raise InvalidRequest(f"output dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {dtype!r}")
+
+
+def _unpack(model: LoadedModel, images: PackedImages) -> np.ndarray:
+    if images.dtype not in OUTPUT_DTYPES:
+        raise InvalidRequest(f"images dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {images.dtype!r}")
+    return model.check_images(tuple(images.shape), images.dtype, images.data)
+
+
+def _info(model: LoadedModel) -> ModelInfo:
+    return model.info
+
+
+__all__ = ["DEFAULT_DTYPE", "DEFAULT_SAMPLER", "DataPlane", "DecodedImages", "EncodedImages", "Generated",
+           "ModelInfo", "PackedImages", "draw_seed"]
