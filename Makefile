@@ -44,7 +44,7 @@ test: tools
 demo: venv
 	$(BIN)/python -m training.demo
 	$(BIN)/aegen-export runs/demo-vae --repository model-repository --name digits-vae --fp16 --if-changed --figures demo-out
-	$(BIN)/python -m server.demo --repository model-repository --model digits-vae --out demo-out
+	$(BIN)/python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
 # The AE-vs-VAE report in docs/report (about 10 minutes on one CPU core; reuses matching checkpoints in runs/report).
 report: venv

@@ -31,7 +31,7 @@ from bench.common import (
     serve_model,
     write_result,
 )
-from server.loadtest import LevelResult
+from client.loadtest import LevelResult
 
 # (N, calls in flight, target multiple of the baseline)
 LOADS = ((1, 64, 3.0), (1024, 4, 2.0))

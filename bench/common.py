@@ -23,8 +23,10 @@ from pathlib import Path
 
 import grpc
 
-from server.loadtest import LoadTestConfig, LoadTestReport, run_load_test
-from server.local import NotServing, free_port, wait_until_serving
+from client.loadtest import LoadTestConfig, LoadTestReport, run_load_test
+from client.local import NotServing, free_port, wait_until_serving
+from protos.atomic import atomic_write_text
+from protos.cli import OneLineParser
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "docs" / "benchmarks"
@@ -93,11 +95,8 @@ def write_result(name: str, title: str, body: str, details: dict[str, str], out_
     """docs/benchmarks/<name>.md: the title, the machine, then the body; printed as well."""
     text = f"# {title}\n\nMeasured with `python -m bench.{name}` on:\n\n{machine_markdown(details)}\n{body}"
     print(text)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
@@ -265,7 +264,7 @@ def load(target: str, *, num_samples: int = 1, dtype: str = "uint8", concurrency
 def load_parser(doc: str, *, duration: float, warmup: float, duration_help: str = "seconds measured per level",
                 rounds_help: str | None = None) -> argparse.ArgumentParser:
     """The flags every load benchmark shares: the model to serve, how long to measure, where tables go."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p = OneLineParser(description=doc.split("\n\n")[0])
     add_model_arguments(p)
     p.add_argument("--duration", type=float, default=duration, help=duration_help)
     p.add_argument("--warmup", type=float, default=warmup)

@@ -25,7 +25,7 @@ from bench.common import (
     serve_model,
     write_result,
 )
-from server.loadtest import LevelResult, LoadTestConfig, LoadTestReport
+from client.loadtest import LevelResult, LoadTestConfig, LoadTestReport
 
 LEVELS = (1, 4, 16, 64, 256)
 ECHO = "echo"

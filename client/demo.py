@@ -1,10 +1,11 @@
 """The serving half of `make demo`: start the server on a model repository, request samples over gRPC,
 write the grid PNG, print a metrics summary, stop the server.
 
-    python -m server.demo --repository model-repository --model digits-vae --out demo-out
+    python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
 The server runs as a real process (`python -m server`) on 127.0.0.1 with free ports, exactly as
-`aegen-serve` would; the requests go through the client library and `aegen-sample`.
+`aegen-serve` would; the requests go through the client library and `aegen-sample`. Without --model the
+demo uses the server's default for every client tool (AegenClient.default_model).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import sample_cli
-from server.client import AegenClient
-from server.local import NotServing, free_port, wait_until_serving
+from client import sample
+from client.client import AegenClient, NoModelsError
+from client.local import NotServing, free_port, wait_until_serving
+from protos.cli import OneLineParser, fail
+
+PROG = "python -m client.demo"
 
 
 class DemoError(Exception):
@@ -68,7 +72,7 @@ def metrics_summary(exposition: str) -> list[str]:
     ]
 
 
-def run(repository: Path, model: str, out: Path, device: str) -> None:
+def run(repository: Path, model: str | None, out: Path, device: str) -> None:
     port, metrics_port = free_port(), free_port()
     target = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
@@ -81,8 +85,9 @@ def run(repository: Path, model: str, out: Path, device: str) -> None:
         with AegenClient(target) as client:
             for m in client.list_models():
                 print(f"model {m.name}: kind {m.kind}, latent {m.latent_dim}, versions {list(m.versions)}")
+            model = model or client.default_model()
         grid = out / "served-samples.png"
-        code = sample_cli.main(["--target", target, "--model", model, "-n", "64", "--seed", "7",
+        code = sample.main(["--target", target, "--model", model, "-n", "64", "--seed", "7",
                                 "-o", str(grid)])
         if code != 0:
             raise DemoError(f"aegen-sample failed with exit code {code}")
@@ -103,21 +108,19 @@ def run(repository: Path, model: str, out: Path, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=Path("model-repository"))
-    p.add_argument("--model", default="digits-vae")
+    p.add_argument("--model", default=None, help="model to sample (default: the server's first VAE, else its first model)")
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     args = p.parse_args(argv)
     if not args.repository.is_dir():
-        print(f"error: {args.repository}: no such model repository (run aegen-export first)", file=sys.stderr)
-        return 2
+        return fail(PROG, f"{args.repository}: no such model repository (run aegen-export first)")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         run(args.repository, args.model, args.out, args.device)
-    except (DemoError, NotServing, grpc.RpcError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DemoError, NotServing, NoModelsError, grpc.RpcError, OSError) as exc:
+        return fail(PROG, exc)
     return 0
 
 

@@ -1,6 +1,6 @@
 """A server process on this machine: a free loopback port, and waiting until its health says SERVING.
 
-`make demo` (server/demo.py), the benchmarks and the tests all start `python -m server` as a real process
+`make demo` (client/demo.py), the benchmarks and the tests all start `python -m server` as a real process
 and must not send traffic before its models are loaded and warmed up; this is the one place that waits.
 """
 

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from client import loadtest
 from protos.aegen.v1 import generator_pb2, generator_pb2_grpc
-from server import loadtest
 from server.config import HEALTH_SERVICES, ServerConfig, env_var, flag_table
 from tests.plugins.server import free_port
 
@@ -180,7 +180,7 @@ def test_model_pvc_component_replaces_the_model_image_copy_with_a_read_only_clai
     assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
     assert "emptyDir" not in volume
     mount = next(m for m in server_container(deployment)["volumeMounts"] if m["name"] == volume["name"])
-    assert mount["mountPath"] == ServerConfig.from_args([], environ=config_map_env(docs)).repository
+    assert mount["mountPath"] == ServerConfig.from_args([], environ=config_map_env(docs)).core.repository
     assert claim["metadata"]["namespace"] == deployment["metadata"]["namespace"]
 
 
@@ -253,9 +253,9 @@ def test_server_image_runs_aegen_serve_as_non_root_with_server_defaults(dockerfi
     config = ServerConfig.from_args([], environ=env)  # raises ConfigError on a name or value it rejects
     assert set(env) <= {variable for _, variable, _ in flag_table()}
     defaults = ServerConfig()
-    assert (config.port, config.metrics_port, config.repository) == (
-        defaults.port, defaults.metrics_port, defaults.repository)
-    assert f"EXPOSE {config.port} {config.metrics_port}" in text
+    assert (config.grpc.port, config.metrics.metrics_port, config.core.repository) == (
+        defaults.grpc.port, defaults.metrics.metrics_port, defaults.core.repository)
+    assert f"EXPOSE {config.grpc.port} {config.metrics.metrics_port}" in text
 
 
 def locked(requirements: str) -> dict[str, str]:
@@ -301,9 +301,10 @@ def test_serving_wheel_builds_from_exactly_what_the_images_copy(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    assert {"server/app.py", "server/loadtest.py", "export/repository.py", "protos/aegen/v1/generator_pb2.py"} <= names
+    assert {"server/app.py", "client/loadtest/cli.py", "export/repository.py", "protos/aegen/v1/generator_pb2.py"} <= names
     assert not any(n.startswith("training/") for n in names), "the serving image carries no training code"
     assert "aegen-serve = server.app:main" in entry_points
+    assert "aegen-loadtest = client.loadtest.cli:main" in entry_points
 
 
 def test_dockerignore_keeps_every_path_the_images_copy():
@@ -364,7 +365,7 @@ def test_models_are_copied_from_the_model_image_into_the_directory_the_server_re
     assert init["command"][-1].rstrip("/") == init["volumeMounts"][0]["mountPath"]
     server_mount = next(m for m in server_container(one(docs, "Deployment"))["volumeMounts"]
                         if m["name"] == volume["name"])
-    assert server_mount["mountPath"] == ServerConfig.from_args([], environ=config_map_env(docs)).repository
+    assert server_mount["mountPath"] == ServerConfig.from_args([], environ=config_map_env(docs)).core.repository
     assert "aegen-models" in init["image"]
 
 
@@ -384,20 +385,20 @@ def test_manifests_agree_with_the_server_configuration(rendered, overlay):
     assert "args" not in container and "command" not in container  # the image's aegen-serve, flags from env
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    assert ports == {"grpc": config.grpc.port, "metrics": config.metrics.metrics_port}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(config.metrics_port)
+    assert annotations["prometheus.io/port"] == str(config.metrics.metrics_port)
     assert annotations["prometheus.io/path"] == "/metrics"
 
     probes = {kind: container[kind]["grpc"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert all(p["port"] == config.port for p in probes.values())
+    assert all(p["port"] == config.grpc.port for p in probes.values())
     assert {p["service"] for p in probes.values()} <= set(HEALTH_SERVICES)
     assert probes["readinessProbe"]["service"] == probes["startupProbe"]["service"] == GENERATOR_SERVICE
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "too short for load and warm-up"
 
-    assert pod["terminationGracePeriodSeconds"] > config.grace_seconds
-    assert 0 < config.max_connection_age_seconds < 3600
+    assert pod["terminationGracePeriodSeconds"] > config.process.grace_seconds
+    assert 0 < config.grpc.max_connection_age_seconds < 3600
 
     for service in (d for d in docs if d["kind"] == "Service"):
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
@@ -424,9 +425,9 @@ def test_loadtest_job_arguments_are_ones_aegen_loadtest_accepts(rendered):
     config = loadtest.config_from_args(container["args"])
     defaults = ServerConfig()
     host, port = config.target.rsplit(":", 1)
-    assert host == "aegen.aegen.svc.cluster.local" and int(port) == defaults.port
+    assert host == "aegen.aegen.svc.cluster.local" and int(port) == defaults.grpc.port
     metrics = urllib.parse.urlsplit(config.metrics_url)
-    assert (metrics.hostname, metrics.port, metrics.path) == (host, defaults.metrics_port, "/metrics")
+    assert (metrics.hostname, metrics.port, metrics.path) == (host, defaults.metrics.metrics_port, "/metrics")
     server_docs = documents(rendered["cpu"])
     assert one(server_docs, "Service", "aegen")["metadata"]["namespace"] == "aegen"
     assert one(docs, "Job")["metadata"]["namespace"] == "aegen"

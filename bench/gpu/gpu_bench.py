@@ -4,7 +4,7 @@
 
 (a) in-process: onnxruntime CUDA (plain run, IO binding, output kept on device, CUDA graphs, uint8, fp16)
     against PyTorch eager with the same weights, batch 1 … 65,536 (bench/gpu/inprocess.py);
-(b) the real server (`python -m server --device cuda`) under `python -m server.loadtest` on the same
+(b) the real server (`python -m server --device cuda`) under `python -m client.loadtest` on the same
     machine: samples/s and latency percentiles at N = 1, 64, 1024, 8192; with --cuda-graphs; with worker
     processes and several client processes;
 (c) the largest difference between CUDA and CPU outputs.
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.gpu import inprocess
+from client.local import NotServing, free_port, wait_until_serving
 from export.repository import load_version
-from server.local import NotServing, free_port, wait_until_serving
 
 HERE = Path(__file__).resolve().parents[2]
 
@@ -123,7 +123,7 @@ class Server:
 def loadtest(server: Server, model: str, n: int, dtype: str, concurrency: str, duration: float,
              processes: int, work: Path, channels: int = 4) -> list[dict]:
     out = work / f"lt-{n}-{dtype}-{concurrency.replace(',', '_')}-{processes}"
-    cmd = [sys.executable, "-m", "server.loadtest", "--target", server.target, "--model", model,
+    cmd = [sys.executable, "-m", "client.loadtest", "--target", server.target, "--model", model,
            "-n", str(n), "--dtype", dtype, "--concurrency", concurrency, "--duration", str(duration),
            "--warmup", "1", "--processes", str(processes), "--channels", str(channels),
            "--metrics-url", server.metrics_url, "--out", str(out), "--no-png",
@@ -148,7 +148,7 @@ def seed_digest(target: str, model: str) -> str:
     """SHA-256 of 1,000 uint8 samples for seed 7: equal across server variants on the same device."""
     import hashlib
 
-    from server.client import AegenClient
+    from client.client import AegenClient
 
     with AegenClient(target, timeout=60) as client:
         return hashlib.sha256(client.generate(model, 1000, seed=7).images.tobytes()).hexdigest()

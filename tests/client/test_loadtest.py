@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from bench.common import free_port, serve_echo
-from server.loadtest import (
+from client.loadtest import (
     INFERENCE_METRIC,
     QUEUE_WAIT_METRIC,
     LoadTestConfig,
@@ -23,14 +23,14 @@ from server.loadtest import (
     run_load_test,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # A guard against a hang, not a timing assert: every run here is bounded by its own flags.
 HANG_GUARD_S = 120
 MODEL = "digits-vae"  # served by the aegen_server fixture
 
 
 def _loadtest(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.loadtest", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "client.loadtest", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=HANG_GUARD_S, check=False)
 
 
@@ -131,3 +131,12 @@ def test_unreachable_target_exits_2_with_a_clear_message() -> None:
     assert result.returncode == 2
     assert "cannot reach 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_without_model_the_load_goes_to_the_servers_first_vae(aegen_server, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = _loadtest("--target", aegen_server.target, "--concurrency", "2", "--sampler", "standard-normal",
+                       "--duration", "0.5", "--warmup", "0.2", "--out", str(out), "--no-png")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "loadtest.json").read_text())["config"]
+    assert config["model"] == MODEL and config["sampler"] == "standard_normal"

@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 
-from server.client import AegenClient
+from client.client import AegenClient
 from tests.plugins.server import ROOT, free_port
 
 
 def _sample(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.sample_cli", *args], cwd=ROOT, check=False, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "client.sample", *args], cwd=ROOT, check=False, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -32,3 +32,10 @@ def test_sample_cli_reports_an_unreachable_server_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "UNAVAILABLE" in result.stderr
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_sample_cli_accepts_both_sampler_spellings_and_prints_the_underscore_one(aegen_server, tmp_path):
+    result = _sample("--target", aegen_server.target, "-n", "4", "--seed", "3", "--sampler", "standard-normal",
+                     "-o", str(tmp_path / "grid.png"))
+    assert result.returncode == 0, result.stderr
+    assert "sampler standard_normal" in result.stdout

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from server import local
-from server.local import free_port
+from client import local
+from client.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
