@@ -13,32 +13,25 @@ Every flag has an environment variable: --repository is AEGEN_REPOSITORY, --data
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from export.exporter import ExportConfig, export_checkpoint
 from export.latent_samplers import SamplerFitError
 from export.onnx_graphs import DEFAULT_OPSET, EXPORTERS, ExportError
 from export.repository import ModelVersion, RepositoryError, list_versions, load_version
 from export.verify import VerificationError, VerifyConfig
+from protos.cli import USAGE_ERROR, OneLineParser, env, fail
 from training.checkpoint import CheckpointError, weights_sha256
 from training.data import DataError
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = USAGE_ERROR
 PROG = "aegen-export"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see --help)\n")
-
-
 def _env_int(name: str, default: int | None) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
+    value = env(name)
+    if value is None:
         return default
     try:
         return int(value)
@@ -47,10 +40,10 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                epilog="Environment: AEGEN_REPOSITORY, AEGEN_DATA_DIR, AEGEN_THREADS, AEGEN_EXPORT_OPSET.")
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                      epilog="Environment: AEGEN_REPOSITORY, AEGEN_DATA_DIR, AEGEN_THREADS, AEGEN_EXPORT_OPSET.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory written by aegen-train")
-    p.add_argument("--repository", type=Path, default=os.environ.get("AEGEN_REPOSITORY") or None,
+    p.add_argument("--repository", type=Path, default=env("AEGEN_REPOSITORY"),
                    help="model repository directory (env AEGEN_REPOSITORY)")
     p.add_argument("--name", required=True, help="model name in the repository, e.g. digits-vae")
     p.add_argument("--fp16", action="store_true", help="also write decoder_fp16.onnx (fp16 inside, fp32 in/out)")
@@ -60,7 +53,7 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
                    help="torch.onnx exporter: auto (dynamo, falling back to TorchScript), dynamo or torchscript")
     p.add_argument("--components", type=int, default=10, help="Gaussian mixture components (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of EM, verification and sample-quality seeds")
-    p.add_argument("--data-dir", type=Path, default=os.environ.get("AEGEN_DATA_DIR") or None,
+    p.add_argument("--data-dir", type=Path, default=env("AEGEN_DATA_DIR"),
                    help="IDX directory for mnist/fashion-mnist checkpoints (env AEGEN_DATA_DIR)")
     p.add_argument("--quality-samples", type=int, default=1000,
                    help="decoded images per sampler for the validity report; 0 skips it (default 1000)")
@@ -109,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         export_checkpoint(config)
     except expected as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(PROG, _one_line(exc))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was published", file=sys.stderr)
         return 130
