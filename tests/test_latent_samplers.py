@@ -10,7 +10,7 @@ import pytest
 
 from export.latent_samplers import SamplerFitError, fit_gaussian, fit_mixture, fit_samplers, mixture_moments
 from export.repository import load_version
-from server.core.samplers import draw
+from server.core.samplers import draw, seed_rows
 
 
 def _clusters(seed: int = 0, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def _clusters(seed: int = 0, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
 def test_mixture_samples_have_the_fitted_mean_and_covariance(model_repository: Path, name: str) -> None:
     samplers = load_version(model_repository, name).load_samplers()
     mean, cov = mixture_moments(samplers)
-    z = draw(samplers, "mixture", np.random.default_rng(0), 200_000, samplers.latent_dim).astype(np.float64)
+    z = draw(samplers, "mixture", *seed_rows(0, 0, 200_000), samplers.latent_dim).astype(np.float64)
     scale = np.sqrt(np.diag(cov)).max()
     assert np.abs(z.mean(axis=0) - mean).max() < 0.02 * scale
     assert np.abs(np.cov(z.T) - cov).max() < 0.03 * scale**2
@@ -35,7 +35,7 @@ def test_mixture_samples_have_the_fitted_mean_and_covariance(model_repository: P
 
 def test_gaussian_samples_have_the_fitted_mean_and_covariance(model_repository: Path) -> None:
     samplers = load_version(model_repository, "digits-vae").load_samplers()
-    z = draw(samplers, "gaussian", np.random.default_rng(1), 200_000, samplers.latent_dim).astype(np.float64)
+    z = draw(samplers, "gaussian", *seed_rows(1, 0, 200_000), samplers.latent_dim).astype(np.float64)
     scale = np.sqrt(np.diag(samplers.gaussian_cov)).max()
     assert np.abs(z.mean(axis=0) - samplers.gaussian_mean).max() < 0.02 * scale
     assert np.abs(np.cov(z.T) - samplers.gaussian_cov).max() < 0.03 * scale**2
@@ -52,8 +52,8 @@ def test_both_fits_agree_on_the_overall_mean_and_covariance(model_repository: Pa
 
 def test_temperature_scales_the_spread_around_the_mean(model_repository: Path) -> None:
     samplers = load_version(model_repository, "digits-vae").load_samplers()
-    full = draw(samplers, "gaussian", np.random.default_rng(2), 50_000, samplers.latent_dim, 1.0)
-    half = draw(samplers, "gaussian", np.random.default_rng(2), 50_000, samplers.latent_dim, 0.5)
+    full = draw(samplers, "gaussian", *seed_rows(2, 0, 50_000), samplers.latent_dim, 1.0)
+    half = draw(samplers, "gaussian", *seed_rows(2, 0, 50_000), samplers.latent_dim, 0.5)
     np.testing.assert_allclose(half - samplers.gaussian_mean, 0.5 * (full - samplers.gaussian_mean), atol=1e-5)
 
 
@@ -86,7 +86,7 @@ def test_collapsed_latents_still_give_positive_definite_samplers() -> None:
     latents[:, 0] = np.random.default_rng(0).standard_normal(200)
     samplers, _ = fit_samplers(latents, components=10)
     assert np.all(np.linalg.eigvalsh(samplers.mixture_covs) > 0)
-    assert np.isfinite(draw(samplers, "mixture", np.random.default_rng(0), 100, samplers.latent_dim)).all()
+    assert np.isfinite(draw(samplers, "mixture", *seed_rows(0, 0, 100), samplers.latent_dim)).all()
 
 
 def test_too_few_or_non_finite_latents_are_refused() -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from server.core.batcher import Decoded
 from server.core.errors import InvalidRequest
 from server.core.models import Encoded, LoadedModel, ModelInfo, ModelRegistry
+from server.core.samplers import seed_rows
 from server.core.settings import CoreSettings
 
 DEFAULT_SAMPLER = "standard_normal"
@@ -94,17 +95,31 @@ class DataPlane:
         model = self.registry.resolve(name, version)
         seed = draw_seed() if seed is None else seed
         _check_dtype(dtype)
-        decoded = await model.generate(n, seed, sampler, temperature, dtype, deadline)
+        model.check_count(n)
+        decoded = await model.generate(*seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
         self.registry.observer.samples_generated(model.name, n)
         return Generated(_info(model), decoded.images, decoded.latents, sampler, seed)
+
+    async def generate_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
+                                sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0,
+                                dtype: str = DEFAULT_DTYPE, deadline: float | None = None) -> Generated:
+        """One sample per seed: row i is row 0 of seeds[i], i.e. what generate(seed=seeds[i], n=1) gives."""
+        model = self.registry.resolve(name, version)
+        _check_dtype(dtype)
+        seeds = np.ascontiguousarray(seeds, np.uint64).reshape(-1)
+        model.check_count(len(seeds))
+        decoded = await model.generate(seeds, np.zeros(len(seeds), np.uint64), sampler, temperature, dtype,
+                                       deadline)
+        self.registry.observer.samples_generated(model.name, len(seeds))
+        return Generated(_info(model), decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
 
     async def stream(self, name: str, version: int | None, n: int, *, chunk: int = 0, seed: int | None = None,
                      sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0, dtype: str = DEFAULT_DTYPE,
                      deadline: float | None = None) -> AsyncIterator[Generated]:
-        """n samples in chunks of `chunk` (0: the batch size), all drawn in order from one seed's generator.
+        """n samples in chunks of `chunk` (0: the batch size): rows 0..n-1 of the seed, as generate(seed, n).
 
-        The next chunk is queued once this one is decoded (so the generator is drawn in order), while this
-        one is being sent; a consumer that stops early cancels the queued chunk."""
+        The next chunk is queued once this one is decoded, while this one is being sent (so at most two are
+        held); a consumer that stops early cancels the queued chunk."""
         model = self.registry.resolve(name, version)
         limit = self.settings.max_samples_per_stream
         if not 1 <= n <= limit:
@@ -116,12 +131,10 @@ class DataPlane:
         _check_dtype(dtype)
         model.check_sampling(sampler, temperature)
         info = _info(model)
-        rng = np.random.Generator(np.random.PCG64(seed))  # one generator for the whole stream, chunk by chunk
 
         def submit(offset: int) -> asyncio.Future:
-            count = min(chunk, n - offset)
-            return model.submit_latents(count, model.latent_source(sampler, rng, count, temperature), dtype,
-                                        deadline)
+            return model.generate(*seed_rows(seed, offset, min(chunk, n - offset)), sampler, temperature, dtype,
+                                  deadline)
 
         offset, pending = 0, submit(0)
         try:

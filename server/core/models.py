@@ -130,21 +130,18 @@ class LoadedModel:
     def info(self) -> ModelInfo:
         return ModelInfo(self.name, self.number, self.manifest, self.device, self.execution_provider)
 
-    def generate(self, n: int, seed: int, sampler: str, temperature: float, dtype: str,
+    def generate(self, seeds: np.ndarray, rows: np.ndarray, sampler: str, temperature: float, dtype: str,
                  deadline: float | None = None) -> asyncio.Future:
-        """Queue n samples drawn from Generator(PCG64(seed)); resolves to batcher.Decoded."""
+        """Queue one sample per (seed, row) pair (samplers.py); resolves to batcher.Decoded."""
+        n = len(seeds)
         self.check_count(n)
         self.check_sampling(sampler, temperature)
+        latent_dim = self.manifest.latent_dim
 
-        def make_latents() -> np.ndarray:  # seeding PCG64 costs ~20 µs: on the inference thread too
-            return self.latent_source(sampler, np.random.Generator(np.random.PCG64(seed)), n, temperature)()
+        def make_latents() -> np.ndarray:  # on the inference thread: 65,536 rows should not hold up the loop
+            return latent_samplers.draw(self.samplers, sampler, seeds, rows, latent_dim, temperature)
 
         return self.submit_latents(n, make_latents, dtype, deadline)
-
-    def latent_source(self, sampler: str, rng: np.random.Generator, n: int, temperature: float
-                      ) -> Callable[[], np.ndarray]:
-        """Called on the inference thread: drawing 65,536 latents should not hold up the event loop."""
-        return lambda: latent_samplers.draw(self.samplers, sampler, rng, n, self.manifest.latent_dim, temperature)
 
     def submit_latents(self, n: int, make_latents: Callable[[], np.ndarray], dtype: str,
                        deadline: float | None = None) -> asyncio.Future:

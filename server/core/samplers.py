@@ -7,9 +7,12 @@ disk (`LatentSamplers`); this module draws from them:
     gaussian:        mean + temperature·L·ε
     mixture:         a component k drawn by weight, then mean_k + temperature·L_k·ε
 
-with ε ~ N(0, I) and L·Lᵀ the covariance. A request's randomness is one numpy Generator(PCG64(seed)): for a
-mixture, n uniforms choose the components (as `Generator.choice` with weights does), then the n×d normals.
-The same seed gives the same latents whether the request is batched with others or alone.
+with ε ~ N(0, I) and L·Lᵀ the covariance. Every row's randomness is addressed by (seed, row) through the
+counter-based Philox4x32-10 generator (philox.py): block 0 of the row gives the mixture's component uniform,
+blocks 1.. its normals. So row r of `GenerateSamples(seed, n)` is the same for every n > r, a stream is the
+same rows as one big request, an Open Inference Protocol request with seeds [s0, s1, …] gets row 0 of each
+seed (what `GenerateSamples(seed=s_i, num_samples=1)` returns), and none of it depends on batching. A whole
+batch of seeds is drawn with a few array operations: no generator object per row.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import math
 import numpy as np
 
 from export.repository import FITTED_SAMPLERS, SAMPLERS, LatentSamplers
+from server.core import philox
 from server.core.errors import InvalidRequest
 
 
@@ -30,21 +34,27 @@ def check_sampling(offered: tuple[str, ...], sampler: str, temperature: float, w
         raise InvalidRequest(f"temperature must be finite and > 0, got {temperature}")
 
 
-def draw(samplers: LatentSamplers | None, sampler: str, rng: np.random.Generator, n: int, latent_dim: int,
+def draw(samplers: LatentSamplers | None, sampler: str, seeds: np.ndarray, rows: np.ndarray, latent_dim: int,
          temperature: float = 1.0) -> np.ndarray:
-    """n latents (float32, (n, latent_dim)) from `sampler`, using `rng`; checked arguments assumed."""
+    """Latents (float32, (n, latent_dim)) of rows `rows` of seeds `seeds` (both (n,) uint64) from `sampler`."""
     if sampler not in SAMPLERS:
         raise InvalidRequest(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if sampler == "standard_normal":
-        return (temperature * rng.standard_normal((n, latent_dim))).astype(np.float32)
+        eps = philox.normals(seeds, rows, latent_dim)
+        eps *= temperature
+        return eps.astype(np.float32)
     if samplers is None:
         raise InvalidRequest(f"sampler {sampler!r} was not fitted for this model")
+    eps = philox.normals(seeds, rows, samplers.latent_dim)
     if sampler == "gaussian":
-        eps = rng.standard_normal((n, samplers.latent_dim))
         return (samplers.gaussian_mean + temperature * eps @ samplers.gaussian_chol.T).astype(np.float32)
-    component = choose_components(samplers.mixture_weights, rng.random(n))
-    eps = rng.standard_normal((n, samplers.latent_dim))
+    component = choose_components(samplers.mixture_weights, philox.uniforms(seeds, rows, 1)[:, 0])
     return mixture_latents(samplers, component, eps, temperature)
+
+
+def seed_rows(seed: int, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(seeds, rows) for rows first..first+n of one seed's sequence."""
+    return np.full(n, seed, np.uint64), np.arange(first, first + n, dtype=np.uint64)
 
 
 def choose_components(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
@@ -63,4 +73,5 @@ def mixture_latents(samplers: LatentSamplers, component: np.ndarray, eps: np.nda
     return z.astype(np.float32)
 
 
-__all__ = ["FITTED_SAMPLERS", "SAMPLERS", "check_sampling", "choose_components", "draw", "mixture_latents"]
+__all__ = ["FITTED_SAMPLERS", "SAMPLERS", "check_sampling", "choose_components", "draw", "mixture_latents",
+           "seed_rows"]

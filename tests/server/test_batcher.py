@@ -12,7 +12,7 @@ from export.repository import load_version
 from server.core.batcher import Batcher
 from server.core.errors import DeadlineExceeded, QueueFull
 from server.core.runner import DecoderRunner, Device
-from server.core.samplers import draw
+from server.core.samplers import draw, seed_rows
 from server.core.settings import BatcherConfig, ExecutionConfig
 
 
@@ -45,8 +45,7 @@ def vae(model_repository):
 
 
 def _latents(version, seed: int, n: int):
-    return lambda: draw(None, "standard_normal", np.random.Generator(np.random.PCG64(seed)), n,
-                        version.manifest.latent_dim)
+    return lambda: draw(None, "standard_normal", *seed_rows(seed, 0, n), version.manifest.latent_dim)
 
 
 def _run(decoders, body, **config):
