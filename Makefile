@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 TOOLS := .tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 CHECKOV := .venv-checkov/bin/checkov
+PERF_ANALYZER := $(TOOLS)/bin/perf_analyzer
+CUDA_RUNTIME := $(VENV)/.cuda-runtime-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: demo test venv tools lint proto bench report clean
@@ -21,16 +23,35 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # System tools the tests use: promtool (Debian `prometheus`), Fashion-MNIST (Debian `dataset-fashion-mnist`),
-# buf (npm `@bufbuild/buf`) and checkov in its own venv (it pins old versions of common packages).
-tools: $(STAMP) $(BUF) $(CHECKOV)
-	@if ! command -v promtool >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus dataset-fashion-mnist >/dev/null; \
-	  else echo "warning: install Debian packages prometheus and dataset-fashion-mnist (tests needing them will skip)"; fi; \
+# buf (npm `@bufbuild/buf`), checkov in its own venv (it pins old versions of common packages) and
+# perf_analyzer (below) with its one system library, Debian `libb64-0d`.
+tools: $(STAMP) $(BUF) $(CHECKOV) $(PERF_ANALYZER) $(CUDA_RUNTIME)
+	@if ! command -v promtool >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ] || ! dpkg -s libb64-0d >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus dataset-fashion-mnist libb64-0d >/dev/null; \
+	  else echo "warning: install Debian packages prometheus, dataset-fashion-mnist and libb64-0d (tests needing them will skip)"; fi; \
 	fi
 
 $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --silent @bufbuild/buf@1.75.0
+
+# NVIDIA perf_analyzer, the load tester for Triton and Open Inference Protocol servers. The real binary
+# ships only inside the tritonclient 2.50.0 wheel: this takes that one file out of it (the wheel itself is
+# never installed: it pins numpy<2 and protobuf<5). It loads libcudart.so.12 even without a GPU, which
+# nvidia-cuda-runtime-cu12 provides: installed into .venv here rather than listed in the dev extra,
+# since only this binary needs it (tests/plugins/perf_analyzer.py finds it there).
+$(PERF_ANALYZER): | $(STAMP)
+	mkdir -p $(TOOLS)/pa $(TOOLS)/bin
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps -d $(TOOLS)/pa tritonclient==2.50.0 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import glob, zipfile; wheel, = glob.glob('$(TOOLS)/pa/tritonclient-2.50.0-*.whl'); \
+	  open('$@.tmp', 'wb').write(zipfile.ZipFile(wheel).read('tritonclient-2.50.0.data/data/bin/perf_analyzer'))"
+	chmod 755 $@.tmp && mv $@.tmp $@
+	rm -rf $(TOOLS)/pa
+
+$(CUDA_RUNTIME): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check nvidia-cuda-runtime-cu12==12.9.79 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import nvidia.cuda_runtime, pathlib; assert list(pathlib.Path(nvidia.cuda_runtime.__path__[0]).glob('lib/libcudart.so.12'))"
+	touch $@
 
 $(CHECKOV):
 	$(PYTHON) -m venv .venv-checkov

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.plugins.checkpoints",
     "tests.plugins.repository",
     "tests.plugins.server",
+    "tests.plugins.perf_analyzer",  # NVIDIA perf_analyzer, installed by `make tools`
 ]

@@ -2,12 +2,15 @@
 against bodies that tritonclient itself builds and parses.
 
 tritonclient.http is imported here, tritonclient.grpc is not: its generated modules define the same
-protobuf symbols as protos/inference and one process cannot hold both (see tests/test_proto.py).
+protobuf symbols as protos/inference and one process cannot hold both (see tests/test_proto.py). The last
+tests check that perf_analyzer, the protocol's load tester, is installed and runs.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -439,3 +442,31 @@ def test_nan_cannot_go_out_as_json_but_can_as_binary():
     body, header_length = binary.build_response({}, [OutputTensor("mean", values)])
     assert np.isnan(response_as_tritonclient_reads_it(body, header_length).as_numpy("mean")[0])
 
+
+
+# ---------------------------------------------------------------------------------------------- perf_analyzer
+
+
+def test_perf_analyzer_starts_with_the_plugins_environment_and_not_without_it(perf_analyzer):
+    """`make tools` installed a perf_analyzer that runs: --version answers, and it is the CUDA runtime
+    directory the plugin adds to LD_LIBRARY_PATH that lets it load."""
+    version = perf_analyzer.run("--version")
+    assert version.returncode == 0 and "Perf Analyzer Version" in version.stdout + version.stderr, version
+    bare = dict(perf_analyzer.env, LD_LIBRARY_PATH="")
+    unloaded = subprocess.run([*perf_analyzer.argv, "--version"], env=bare, check=False, capture_output=True,
+                              text=True, timeout=60)
+    assert unloaded.returncode != 0 and "libcudart.so.12" in unloaded.stderr
+
+
+def test_perf_analyzer_knows_the_options_the_benchmarks_use_and_reports_a_closed_port(perf_analyzer):
+    usage = perf_analyzer.run("--help")  # not an option of its own: it prints the usage and exits 99
+    assert usage.returncode == 99
+    for option in ("-m <model name>", "-u <URL for inference service>", "-i <Protocol used to communicate",
+                   "--input-data", "--streaming", "--concurrency-range"):
+        assert option in usage.stdout + usage.stderr, option
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    closed = perf_analyzer.run("-m", "digits-vae", "-i", "grpc", "-u", f"127.0.0.1:{port}", timeout=60)
+    output = closed.stdout + closed.stderr
+    assert closed.returncode == 99 and "failed to get model metadata" in output and "onnect" in output, output
