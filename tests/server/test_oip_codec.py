@@ -181,6 +181,57 @@ def test_typed_contents_in_the_wrong_field_or_out_of_range_are_refused():
         tensors.decode_tensor("latent", "FP32", [2, 2], contents=pb.InferTensorContents(fp32_contents=[1, 2, 3]))
 
 
+def test_grpc_requests_decode_raw_inputs_in_order_and_responses_carry_raw_outputs():
+    from protos.inference import grpc_service_pb2 as pb
+
+    latent = RNG.standard_normal((3, 16)).astype(np.float32)
+    seed = np.array([5, 6, 7], dtype=np.uint64)
+    request = pb.ModelInferRequest(model_name="digits-vae")
+    for name, array in (("latent", latent), ("seed", seed)):
+        datatype, shape, raw = tensors.encode_tensor(array)
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+    # Over the wire and back, as the servicer will receive it.
+    arrays = tensors.decode_grpc_inputs(pb.ModelInferRequest.FromString(request.SerializeToString()))
+    assert list(arrays) == ["latent", "seed"]
+    np.testing.assert_array_equal(arrays["latent"], latent)
+    np.testing.assert_array_equal(arrays["seed"], seed)
+
+    response = pb.ModelInferResponse(model_name="digits-vae")
+    images = RNG.integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
+    tensors.add_grpc_output(response, "image", images)
+    tensors.add_grpc_output(response, "latent", latent)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("image", "UINT8", [3, 1, 28, 28]), ("latent", "FP32", [3, 16])]
+    assert response.raw_output_contents[0] == images.tobytes()
+    assert np.frombuffer(response.raw_output_contents[1], "<f4").tolist() == latent.reshape(-1).tolist()
+
+
+def test_grpc_requests_decode_typed_inputs_and_refuse_mixed_or_missing_data():
+    from protos.inference import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="latent", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([0.5, 1.5])
+    assert tensors.decode_grpc_inputs(request)["latent"].tolist() == [[0.5, 1.5]]
+
+    request.raw_input_contents.append(np.zeros(2, "<f4").tobytes())  # raw too: both forms at once
+    with pytest.raises(InvalidRequest, match="typed contents in a request that sends raw_input_contents"):
+        tensors.decode_grpc_inputs(request)
+    request.inputs.add(name="seed", datatype="UINT64", shape=[1])
+    with pytest.raises(InvalidRequest, match="raw_input_contents has 1 entries for 2 inputs"):
+        tensors.decode_grpc_inputs(request)
+
+    no_data = pb.ModelInferRequest()
+    no_data.inputs.add(name="latent", datatype="FP32", shape=[1, 2])
+    with pytest.raises(InvalidRequest, match="tensor 'latent': no data"):
+        tensors.decode_grpc_inputs(no_data)
+    twice = pb.ModelInferRequest(raw_input_contents=[b"\0", b"\1"])
+    twice.inputs.add(name="x", datatype="UINT8", shape=[1])
+    twice.inputs.add(name="x", datatype="UINT8", shape=[1])
+    with pytest.raises(InvalidRequest, match="'x' appears twice"):
+        tensors.decode_grpc_inputs(twice)
+
+
 # ---------------------------------------------------------------------------------------------- JSON data
 
 

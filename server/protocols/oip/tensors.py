@@ -183,3 +183,37 @@ def raw_bytes(array: np.ndarray) -> bytes:
     """The protocol's raw form of `array`: little-endian, row-major, no padding."""
     little = array.dtype.newbyteorder("<")
     return np.ascontiguousarray(array, dtype=little).tobytes()
+
+
+def decode_grpc_inputs(request: Any) -> dict[str, np.ndarray]:
+    """Every input of a ModelInferRequest as a numpy array, by name, in request order.
+
+    Inputs travel either all raw (raw_input_contents: one entry per input, in the order of `inputs`) or
+    all typed (each input's `contents`), never mixed, as the protocol says."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidRequest(f"input {index} has no name")
+        if name in arrays:
+            raise InvalidRequest(f"input {name!r} appears twice")
+        typed = tensor.HasField("contents")
+        if raw and typed and tensor.contents.ListFields():
+            raise InvalidRequest(f"tensor {name!r}: has typed contents in a request that sends raw_input_contents")
+        arrays[name] = decode_tensor(name, tensor.datatype, list(tensor.shape),
+                                     raw=raw[index] if raw else None,
+                                     contents=None if raw else (tensor.contents if typed else None))
+    return arrays
+
+
+def add_grpc_output(response: Any, name: str, array: np.ndarray) -> None:
+    """Append `array` to a ModelInferResponse as output `name`, its bytes in raw_output_contents (the
+    form tritonclient and perf_analyzer decode). Outputs and raw entries stay in step."""
+    if len(response.raw_output_contents) != len(response.outputs):
+        raise ValueError("every output of the response must have its raw_output_contents entry")
+    datatype, shape, raw = encode_tensor(array)
+    response.outputs.add(name=name, datatype=datatype, shape=shape)
+    response.raw_output_contents.append(raw)
