@@ -28,11 +28,14 @@ from export.onnx_graphs import (
     ExportedGraph,
     ExportError,
     build_graphs,
+    build_latent_flow_graph,
     default_opset,
     graph_io,
 )
 from export.repository import (
     GRAPH_FILES,
+    LATENT_FLOW_INPUT,
+    LEARNED_SAMPLERS,
     SAMPLERS,
     SAMPLERS_FILE,
     GraphInfo,
@@ -45,10 +48,11 @@ from export.repository import (
     load_version,
     write_samplers,
 )
-from export.verify import VerifyConfig, verify_graphs
+from export.verify import VerifyConfig, verify_graphs, verify_latent_flow
 from training.checkpoint import CheckpointConfig, load_model, weights_sha256
 from training.data import filter_classes, load_dataset, to_unit_float, train_val_split
 from training.grid import save_grid
+from training.latent_sampler import FLOW_FILE, FlowError, LatentFlow, load_flow
 from training.models import VAE, AutoEncoder
 
 Log = Callable[[str], None]
@@ -69,6 +73,9 @@ class ExportConfig:
     threads: int | None = None  # torch and onnxruntime CPU threads; None leaves torch's default
     progress: bool = True
     exporter: str = "auto"  # "auto" (dynamo, else TorchScript) | "dynamo" | "torchscript"
+    # The learned sampler: <checkpoint>/latent_flow.safetensors (aegen-train --latent-flow) becomes
+    # latent_flow.onnx when it was fitted to these very weights; without it the version has no flow graph.
+    latent_flow: bool = True
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
@@ -83,6 +90,7 @@ def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
     threads = config.threads or torch.get_num_threads()
     verify_config = dataclasses.replace(config.verify, threads=threads, seed=config.seed)
     # leave=False: a failure mid-way erases the bar, leaving the one-line error alone on stderr.
+    flow = _checkpoint_flow(config, checkpoint_sha, log)
     with _torch_threads(config.threads), tqdm(total=5, desc="export", unit="step", disable=not config.progress,
                                              file=sys.stderr, leave=False) as bar:
         bar.set_postfix_str("ONNX graphs")
@@ -93,6 +101,15 @@ def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
         bar.update()
         bar.set_postfix_str("verification")
         verification = verify_graphs(serialized, model, val_images, verify_config)
+        if flow is not None:
+            flow_module, flow_metadata = flow
+            graphs["latent_flow"] = build_latent_flow_graph(
+                flow_module, checkpoint.model, config.opset, exporter=config.exporter,
+                metadata={"model_name": config.name, "checkpoint_sha256": checkpoint_sha})
+            serialized["latent_flow"] = graphs["latent_flow"].proto.SerializeToString()
+            verification["latent_flow"] = {**verify_latent_flow(serialized["latent_flow"], flow_module, verify_config),
+                                           "fit": {k: v for k, v in flow_metadata.items() if k != "format"}}
+            verification["learned_samplers"] = dict(LEARNED_SAMPLERS)
         verification["exporter"] = sorted({g.exporter for g in graphs.values()})
         bar.update()
         bar.set_postfix_str("latent samplers")
@@ -102,11 +119,11 @@ def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
         bar.update()
         bar.set_postfix_str("sample quality")
         quality = sample_quality(serialized["decoder"], samplers, val_images, checkpoint,
-                                 config.quality_samples, config.seed, threads)
+                                 config.quality_samples, config.seed, threads, serialized.get("latent_flow"))
         verification["sample_quality"] = quality
         if config.figures is not None:
             figures = sampler_figures(serialized["decoder_uint8"], samplers, config.figures, quality,
-                                      config.seed, threads)
+                                      config.seed, threads, serialized.get("latent_flow"))
         bar.update()
         bar.set_postfix_str("publish")
         version = _publish(config, checkpoint, checkpoint_sha, graphs, serialized, samplers, verification)
@@ -131,8 +148,26 @@ def check_destination(repository: Path, name: str) -> None:
         raise RepositoryError(f"{existing}: not writable ({exc.strerror})") from None
 
 
+def _checkpoint_flow(config: ExportConfig, checkpoint_sha: str, log: Log) -> tuple[LatentFlow, dict] | None:
+    """The learned sampler saved beside the checkpoint, if there is one fitted to these weights."""
+    path = config.checkpoint / FLOW_FILE
+    if not config.latent_flow or not path.exists():
+        return None
+    try:
+        flow, metadata = load_flow(path)
+    except FlowError as exc:
+        raise ExportError(str(exc)) from None
+    if metadata.get("checkpoint_sha256") != checkpoint_sha:
+        log(f"  {path}: fitted to other weights (the checkpoint changed since); no latent_flow graph exported — "
+            f"refit it with python -m training.latent_sampler {config.checkpoint}")
+        return None
+    return flow, metadata
+
+
 def _split(checkpoint: CheckpointConfig, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """The checkpoint's own training and validation images, split as training split them."""
+    if data_dir is None and checkpoint.dataset == "images":
+        data_dir = checkpoint.data_dir  # your own images: where aegen-train read them
     dataset = filter_classes(load_dataset(checkpoint.dataset, data_dir, "train"), checkpoint.classes)
     split = train_val_split(dataset, checkpoint.val_fraction, checkpoint.seed)
     return to_unit_float(split.train_images), to_unit_float(split.val_images)
@@ -156,7 +191,8 @@ def _sampler_report(latents: np.ndarray, mixture: MixtureFit) -> dict:
 
 
 def sample_quality(decoder: bytes, samplers: LatentSamplers, val_images: np.ndarray,
-                   checkpoint: CheckpointConfig, samples: int, seed: int, threads: int) -> dict:
+                   checkpoint: CheckpointConfig, samples: int, seed: int, threads: int,
+                   latent_flow: bytes | None = None) -> dict:
     """Validity etc. (training.evaluate.sample_metrics) of images decoded by the exported decoder from each
     sampler's seeds, drawn exactly as the server draws them. Skipped, with the reason, when it cannot run."""
     if samples <= 0:
@@ -169,15 +205,16 @@ def sample_quality(decoder: bytes, samplers: LatentSamplers, val_images: np.ndar
     except Exception as exc:  # noqa: BLE001 — the report is optional; a missing classifier must not block
         return {"skipped": f"classifier unavailable ({type(exc).__name__}: {str(exc).strip()[:200]})"}
     report: dict = {"samples": samples, "seed": seed}
-    for sampler, images in decode_sampler_seeds(decoder, samplers, samples, seed, threads).items():
+    for sampler, images in decode_sampler_seeds(decoder, samplers, samples, seed, threads, latent_flow).items():
         metrics = sample_metrics(np.clip(images, 0.0, 1.0), val_images, classifier=classifier)
         report[sampler] = {k: round(float(v), 6) for k, v in metrics.items()}
     return report
 
 
 def decode_sampler_seeds(decoder: bytes, samplers: LatentSamplers, samples: int, seed: int,
-                         threads: int) -> dict[str, np.ndarray]:
-    """n images per sampler through an exported decoder graph (latents from `preview_latents`)."""
+                         threads: int, latent_flow: bytes | None = None) -> dict[str, np.ndarray]:
+    """n images per sampler through an exported decoder graph (latents from `preview_latents`; the flow's
+    from its own exported graph fed N(0, I) noise, as the server will feed it)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(decoder, options, providers=["CPUExecutionProvider"])
@@ -185,14 +222,20 @@ def decode_sampler_seeds(decoder: bytes, samplers: LatentSamplers, samples: int,
     for sampler in SAMPLERS:
         latents = preview_latents(samplers, sampler, np.random.default_rng(seed), samples)
         (images[sampler],) = session.run(None, {session.get_inputs()[0].name: latents})
+    if latent_flow is not None:
+        flow = ort.InferenceSession(latent_flow, options, providers=["CPUExecutionProvider"])
+        noise = np.random.default_rng(seed).standard_normal((samples, samplers.latent_dim)).astype(np.float32)
+        (latents,) = flow.run(None, {LATENT_FLOW_INPUT: noise})
+        for sampler in LEARNED_SAMPLERS:
+            (images[sampler],) = session.run(None, {session.get_inputs()[0].name: latents})
     return images
 
 
 def sampler_figures(decoder_uint8: bytes, samplers: LatentSamplers, directory: Path, quality: dict,
-                    seed: int, threads: int) -> list[Path]:
+                    seed: int, threads: int, latent_flow: bytes | None = None) -> list[Path]:
     """samples_<sampler>.png: 64 images per sampler, titled with their validity when it was measured."""
     paths = []
-    for sampler, images in decode_sampler_seeds(decoder_uint8, samplers, 64, seed, threads).items():
+    for sampler, images in decode_sampler_seeds(decoder_uint8, samplers, 64, seed, threads, latent_flow).items():
         title = f"{sampler} seeds"
         if sampler in quality:
             title += f" (validity {quality[sampler]['validity']:.2f} over {quality['samples']})"
@@ -257,6 +300,11 @@ def _log_report(log: Log, version: ModelVersion, verification: dict) -> None:
     near = sum(v["differ_near_boundary"] for v in verification["decoder_uint8"].values())
     log(f"  decoder_uint8  equal to round(fp32·255) (half to even); {near} pixel(s) differ within "
         f"{verification['tolerances']['uint8_boundary_margin']:g} of a rounding boundary")
+    if "latent_flow" in verification:
+        flow = verification["latent_flow"]
+        worst = max(v["max_abs_diff"] for k, v in flow.items() if k.isdigit())
+        log(f"  latent_flow    max |onnxruntime − torch| {worst:.2e}; RealNVP, {flow['fit'].get('couplings')} "
+            f"couplings fitted on {flow['fit'].get('fitted_on')} training latents (sampler 'flow')")
     fit = verification["latent_samplers"]
     log(f"  samplers: gaussian + {fit['components']}-component mixture on {fit['fitted_on']} training latents "
         f"(EM {fit['em_iterations']} iterations, converged {fit['em_converged']})")
@@ -266,7 +314,7 @@ def _log_report(log: Log, version: ModelVersion, verification: dict) -> None:
         return
     log(f"  sample quality of {quality['samples']} decoded seeds per sampler:")
     log(f"    {'sampler':<16}{'validity':>9}{'coverage':>9}{'FCD':>9}{'IS':>7}")
-    for sampler in SAMPLERS:
+    for sampler in [*SAMPLERS, *(s for s in LEARNED_SAMPLERS if s in quality)]:
         q = quality[sampler]
         log(f"    {sampler:<16}{q['validity']:>9.3f}{q['coverage']:>9.3f}{q['fcd']:>9.2f}{q['inception_score']:>7.2f}")
 

@@ -8,6 +8,8 @@
                   against numpy bit for bit.
 - decoder_fp16:   (--fp16) fp16 weights and arithmetic between a Cast at the input and one at the output:
                   float32 in and out, so it is a drop-in for decoder.onnx; verified with its own tolerance.
+- latent_flow:    noise (batch, d) ~ N(0, I) → latent (batch, d): the learned sampler (training/latent_sampler.py),
+                  a RealNVP flow's inverse; its output feeds any decoder graph.
 
 Graphs come from torch.onnx.export with the dynamo exporter (onnxscript); if that fails, the TorchScript
 exporter. Either way the batch axis is the symbolic dimension "batch", the IR version is at most 10
@@ -35,10 +37,13 @@ from export.repository import (
     DECODER_INPUT,
     DECODER_OUTPUT,
     ENCODER_INPUT,
+    LATENT_FLOW_INPUT,
+    LATENT_FLOW_OUTPUT,
     VAE_ENCODER_OUTPUTS,
     expected_graph_io,
 )
 from training.checkpoint import ModelConfig
+from training.latent_sampler import LatentFlow
 from training.models import AutoEncoder
 
 DEFAULT_OPSET = 18
@@ -120,6 +125,20 @@ def build_graphs(model: AutoEncoder, config: ModelConfig, opset: int = DEFAULT_O
         annotate(graph.proto, key, config, metadata or {})
         check_graph(graph.proto, key, config)
     return graphs
+
+
+def build_latent_flow_graph(flow: LatentFlow, config: ModelConfig, opset: int = DEFAULT_OPSET,
+                            metadata: dict[str, str] | None = None, exporter: str = "auto") -> ExportedGraph:
+    """The learned sampler's graph: noise (batch, d) → latent (batch, d), checked and annotated."""
+    if flow.latent_dim != config.latent_dim:
+        raise ExportError(f"latent_flow: the flow has {flow.latent_dim} units, the model {config.latent_dim}")
+    noise = torch.randn(2, config.latent_dim)
+    graph = export_module(flow.eval(), noise, LATENT_FLOW_INPUT, [LATENT_FLOW_OUTPUT], opset, exporter)
+    _pin_static_dims(graph.proto, "latent_flow", config)
+    annotate(graph.proto, "latent_flow", config,
+             {**(metadata or {}), "sampler": "flow", "couplings": str(len(flow.couplings)), "value_range": "real"})
+    check_graph(graph.proto, "latent_flow", config)
+    return graph
 
 
 def export_module(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],

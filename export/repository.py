@@ -10,6 +10,9 @@ Layout, after Triton's model repository:
         decoder_fp16.onnx      optional: fp16 weights and arithmetic, float32 in and out (a drop-in for
                                decoder.onnx on GPUs)
         latent_samplers.npz    optional: the ex-post Gaussian and Gaussian mixture fitted to training latents
+        latent_flow.onnx       optional: the learned sampler, a RealNVP flow fitted to the training latents
+                               (training/latent_sampler.py): noise (batch, latent_dim) float32 ~ N(0, I) →
+                               latent (batch, latent_dim) float32, to be fed to a decoder graph
 
 A version is written into a hidden temporary directory (`.writing-*`) inside `<model-name>/` and renamed
 to its integer name only when complete, so a reader never sees half a version; names starting with "." are
@@ -48,6 +51,7 @@ GRAPH_FILES = {
     "decoder": "decoder.onnx",
     "decoder_uint8": "decoder_uint8.onnx",
     "decoder_fp16": "decoder_fp16.onnx",
+    "latent_flow": "latent_flow.onnx",
 }
 REQUIRED_GRAPHS = ("encoder", "decoder", "decoder_uint8")
 ENCODER_INPUT = "images"
@@ -55,7 +59,12 @@ VAE_ENCODER_OUTPUTS = ("mean", "log_variance")
 AE_ENCODER_OUTPUTS = ("latent",)
 DECODER_INPUT = "latent"
 DECODER_OUTPUT = "images"
-GRAPH_DTYPES = {"encoder": "float32", "decoder": "float32", "decoder_uint8": "uint8", "decoder_fp16": "float32"}
+GRAPH_DTYPES = {"encoder": "float32", "decoder": "float32", "decoder_uint8": "uint8", "decoder_fp16": "float32",
+                "latent_flow": "float32"}
+LATENT_FLOW_INPUT = "noise"  # ε ~ N(0, I), (batch, latent_dim): seeded like the standard_normal sampler's seeds
+LATENT_FLOW_OUTPUT = "latent"  # the decoder's input
+# Learned samplers: sampler name → the graph that turns N(0, I) noise into latents.
+LEARNED_SAMPLERS = {"flow": "latent_flow"}
 
 SAMPLERS = ("standard_normal", "gaussian", "mixture")
 FITTED_SAMPLERS = ("gaussian", "mixture")
@@ -95,6 +104,8 @@ def expected_graph_io(
     if key == "encoder":
         names = VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS
         return {ENCODER_INPUT: images}, {n: list(latent) for n in names}, GRAPH_DTYPES[key]
+    if key == "latent_flow":
+        return {LATENT_FLOW_INPUT: list(latent)}, {LATENT_FLOW_OUTPUT: list(latent)}, GRAPH_DTYPES[key]
     if key in GRAPH_FILES:
         return {DECODER_INPUT: latent}, {DECODER_OUTPUT: images}, GRAPH_DTYPES[key]
     raise RepositoryError(f"unknown graph {key!r}; expected one of {sorted(GRAPH_FILES)}")

@@ -8,6 +8,8 @@ the PyTorch model they came from. Any failure stops the export before anything i
   differ by one; and its Mul/Round/Clip/Cast tail alone equal to numpy bit for bit on a dense grid of [0, 1]
   that includes every exact tie.
 - decoder_fp16: max |onnxruntime fp16 − torch fp32| ≤ fp16_atol (5e-3, about 1.3 grey levels of 255).
+- latent_flow: N(0, I) noise through the graph and through the PyTorch flow, max |difference| ≤
+  flow_atol (1e-4: latents are O(1)–O(10), and a flow of eight exp couplings compounds float32 rounding).
 - big batch: decoder_uint8 once at `big_batch` (16,384 by default; a conv decoder at 65,536 needs ~5 GB)
   to exercise the dynamic axis at full size.
 """
@@ -21,6 +23,7 @@ import onnxruntime as ort
 import torch
 
 from export.onnx_graphs import uint8_tail
+from training.latent_sampler import LatentFlow
 from training.models import AutoEncoder
 
 PROVIDER = "CPUExecutionProvider"
@@ -35,6 +38,7 @@ class VerifyConfig:
     batch_sizes: tuple[int, ...] = (1, 7, 1024)
     atol: float = 1e-5
     fp16_atol: float = 5e-3
+    flow_atol: float = 1e-4
     boundary_margin: float = 1e-4
     big_batch: int = 16384  # one full-size run (the tests do 65,536 on a small model); 0 skips it
     seed: int = 0
@@ -73,6 +77,20 @@ def verify_graphs(graphs: dict[str, bytes], model: AutoEncoder, val_images: np.n
         report["big_batch"] = _check_big_batch(sessions["decoder_uint8"], sessions["decoder"], rng,
                                                config.big_batch, latent_dim)
     return report
+
+
+@torch.no_grad()
+def verify_latent_flow(graph: bytes, flow: LatentFlow, config: VerifyConfig = VerifyConfig()) -> dict:
+    """The latent_flow graph against the PyTorch flow at every batch size; raises VerificationError."""
+    session = _session("latent_flow", graph, config.threads)
+    rng = np.random.default_rng(config.seed + 1)
+    diffs = {}
+    for batch in config.batch_sizes:
+        noise = rng.standard_normal((batch, flow.latent_dim)).astype(np.float32)
+        (actual,) = _run(session, "latent_flow", noise)
+        expected = flow(torch.from_numpy(noise)).numpy()
+        diffs[str(batch)] = {"max_abs_diff": _max_diff("latent_flow", "latent", actual, expected, config.flow_atol)}
+    return {**diffs, "tolerance": config.flow_atol}
 
 
 def _session(key: str, data: bytes, threads: int) -> ort.InferenceSession:

@@ -147,14 +147,19 @@ def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Pa
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from training.demo import DemoConfig, run
 
-    config = DemoConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"), epochs=1, hidden_dim=32)
+    config = DemoConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"), epochs=1, hidden_dim=32,
+                        flow_epochs=1)
     grid = run(config)
     assert grid == tmp_path / "out" / "samples.png"
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 10_000
     trained = weights(tmp_path / "run")
-    assert "training a VAE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training a VAE" in out and "fitting the learned latent sampler" in out
+    assert (tmp_path / "run" / "latent_flow.safetensors").is_file()
+    assert ckpt.read_config(tmp_path / "run").model.arch == "conv" and ckpt.read_config(tmp_path / "run").augment
     run(config)
-    assert "reusing the trained VAE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reusing the trained VAE" in out and "fitting" not in out
     assert weights(tmp_path / "run") == trained
     run(DemoConfig(**{**config.__dict__, "epochs": 2}))  # a different budget does not reuse it
     assert "training a VAE" in capsys.readouterr().out

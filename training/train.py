@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=env("threads"),
                    help="torch CPU threads (env AEGEN_THREADS)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--latent-flow", action="store_true",
+                   help="then fit the learned latent sampler (a RealNVP flow, training/latent_sampler.py) to the "
+                        "training latents and save it beside the checkpoint for aegen-export")
     return p
 
 
@@ -403,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     overwrite = args.pop("overwrite")
+    latent_flow = args.pop("latent_flow")
     data = args.pop("data")
     if data is not None:
         if args["dataset"] not in (None, "images"):
@@ -416,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"or --overwrite to replace it")
         out = train(options)
         config = ckpt.read_config(out)
+        if latent_flow:
+            from training.latent_sampler import FlowOptions, fit_checkpoint_flow
+            fit_checkpoint_flow(out, FlowOptions(threads=options.threads))
     except (TrainError, DataError, CheckpointError) as exc:
         return fail("aegen-train", exc)
     except KeyboardInterrupt:
