@@ -9,8 +9,11 @@ tests check that perf_analyzer, the protocol's load tester, is installed and run
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -521,3 +524,93 @@ def test_perf_analyzer_knows_the_options_the_benchmarks_use_and_reports_a_closed
     closed = perf_analyzer.run("-m", "digits-vae", "-i", "grpc", "-u", f"127.0.0.1:{port}", timeout=60)
     output = closed.stdout + closed.stderr
     assert closed.returncode == 99 and "failed to get model metadata" in output and "onnect" in output, output
+
+
+# ---------------------------------------------------------------------------------------------- over HTTP
+
+
+_ECHO_TENSOR = {"datatype": "FP32", "shape": [-1, 4]}
+_ECHO_DOCUMENTS = {
+    "/v2": {"name": "echo-test", "version": "0", "extensions": ["binary_tensor_data"]},
+    "/v2/models/echo": {"name": "echo", "versions": ["1"], "platform": "aegen",
+                        "inputs": [{"name": "INPUT", **_ECHO_TENSOR}], "outputs": [{"name": "OUTPUT", **_ECHO_TENSOR}]},
+    "/v2/models/echo/config": {"name": "echo", "platform": "aegen", "max_batch_size": 8,
+                               "input": [{"name": "INPUT", "data_type": "TYPE_FP32", "dims": [4]}],
+                               "output": [{"name": "OUTPUT", "data_type": "TYPE_FP32", "dims": [4]}]},
+}
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """The REST side of an "echo" model, with nothing but this codec between the socket and the model."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the clients expect
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def log_message(self, format, *args):
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        document = _ECHO_DOCUMENTS.get(self.path.rstrip("/"))
+        if document is None:
+            return self._send(404, b'{"error": "not found"}', {"Content-Type": binary.JSON_CONTENT_TYPE})
+        return self._send(200, json.dumps(document).encode(), {"Content-Type": binary.JSON_CONTENT_TYPE})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            request = binary.parse_request(body, self.headers.get(binary.HEADER_LENGTH))
+            (latent,) = binary.decode_inputs(request).values()
+            outputs = [OutputTensor(name, latent, wants_binary)
+                       for name, wants_binary in binary.requested_outputs(request.header, ["OUTPUT"])]
+            answer, header_length = binary.build_response(
+                {"model_name": "echo", "model_version": "1", "id": request.header.get("id", "")}, outputs)
+        except InvalidRequest as e:
+            return self._send(400, json.dumps({"error": str(e)}).encode(), {"Content-Type": binary.JSON_CONTENT_TYPE})
+        headers = {"Content-Type": binary.JSON_CONTENT_TYPE if header_length is None else binary.BINARY_CONTENT_TYPE}
+        if header_length is not None:
+            headers[binary.HEADER_LENGTH] = str(header_length)
+        return self._send(200, answer, headers)
+
+
+@pytest.fixture(scope="module")
+def echo_http():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("binary_data", [True, False])
+def test_tritonclient_http_round_trips_through_the_codec(echo_http, binary_data):
+    client = httpclient.InferenceServerClient(echo_http)
+    values = np.arange(8, dtype=np.float32).reshape(2, 4) / 7
+    result = client.infer("echo", [infer_input("INPUT", values, binary_data)], request_id="req-3",
+                          outputs=[httpclient.InferRequestedOutput("OUTPUT", binary_data=binary_data)])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT"), values)
+    assert result.get_response()["id"] == "req-3"
+    with pytest.raises(httpclient.InferenceServerException, match="needs 32 bytes, got 28"):
+        bad = httpclient.InferInput("INPUT", [2, 4], "FP32")
+        bad.set_data_from_numpy(values)
+        bad._raw_data = bad._raw_data[:28]  # a client that lies about its shape
+        bad._parameters["binary_data_size"] = 28
+        client.infer("echo", [bad])
+
+
+def test_perf_analyzer_measures_the_codec_over_http_with_binary_tensors(echo_http, perf_analyzer):
+    """perf_analyzer's own C++ HTTP client: binary inputs in, binary outputs back, parsed by it."""
+    result = perf_analyzer.run("-m", "echo", "-i", "http", "-u", echo_http, "-b", "2",
+                               "--measurement-mode", "count_windows", "--measurement-request-count", "20",
+                               "-s", "1000", "--max-trials", "3", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert re.search(r"Concurrency: 1, throughput: [\d.]+ infer/sec", output), output
