@@ -25,10 +25,12 @@ from protos.cli import fail
 from server.config import ConfigError, ServerConfig
 from server.core.dataplane import DataPlane
 from server.core.errors import ServerError
-from server.core.models import ModelRegistry
+from server.core.registry import ModelRegistry
 from server.core.runner import Device, select_device
 from server.protocols.aegen_v1 import servicer as aegen_v1
 from server.protocols.grpc_listener import GrpcListener, StartError
+from server.protocols.oip import grpc_servicer as oip_grpc
+from server.protocols.oip.models import OipModels
 from server.telemetry.gpu_memory import REFRESH_SECONDS, GpuMemoryGauges, gpu_memory_metrics
 from server.telemetry.logs import configure_logging
 from server.telemetry.metrics import ServerMetrics
@@ -48,11 +50,17 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
     registry = ModelRegistry(core, device, metrics)
     plane = DataPlane(registry, core)
 
+    oip = OipModels(plane)
+
     def add_aegen_v1(server) -> str:
-        aegen_v1.add_to_server(aegen_v1.GeneratorServicer(plane, metrics), server)
+        aegen_v1.add_to_server(aegen_v1.GeneratorServicer(plane, metrics.calls("aegen_v1")), server)
         return aegen_v1.SERVICE_NAME
 
-    grpc_listener = GrpcListener(config, [add_aegen_v1], reuse_port=worker is not None)
+    def add_oip(server) -> str:
+        oip_grpc.add_to_server(oip_grpc.InferenceServicer(oip, metrics.calls("oip_grpc")), server)
+        return oip_grpc.SERVICE_NAME
+
+    grpc_listener = GrpcListener(config, [add_aegen_v1, add_oip], reuse_port=worker is not None)
     await grpc_listener.start()
     metrics_http = None
     stop = asyncio.Event()

@@ -78,6 +78,16 @@ class GrpcSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    http_port: int = 8000  # the Open Inference Protocol over HTTP/REST; 0 turns it off
+    max_body_bytes: int = 268435456  # larger request bodies get 413
+
+    def __post_init__(self) -> None:
+        _check_port(self, "http_port")
+        check_at_least(self, 1, "max_body_bytes")
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     metrics_port: int = 9464  # 0 disables the metrics endpoint
 
@@ -85,7 +95,8 @@ class MetricsSettings:
         _check_port(self, "metrics_port")
 
 
-SECTIONS = {"core": CoreSettings, "process": ProcessSettings, "grpc": GrpcSettings, "metrics": MetricsSettings}
+SECTIONS = {"core": CoreSettings, "process": ProcessSettings, "grpc": GrpcSettings, "http": HttpSettings,
+            "metrics": MetricsSettings}
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class ServerConfig:
     core: CoreSettings = field(default_factory=CoreSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
@@ -147,9 +159,12 @@ _UPPER = ("log_level", "cudnn_conv_algo_search")
 _HELP = {
     "repository": "model repository directory (<repo>/<model>/<version>/manifest.json)",
     "models": "comma-separated model names to serve (default: every model in the repository)",
+    "version_policy": "versions of each model to serve: latest:N (the N newest that load), all, or specific:1,3",
     "host": "address to listen on",
     "port": "gRPC port",
     "metrics_port": "Prometheus /metrics port (0 disables)",
+    "http_port": "Open Inference Protocol HTTP/REST port (0 disables)",
+    "max_body_bytes": "largest HTTP request body accepted (413 above it)",
     "device": "auto: CUDA when it loads, else CPU with a warning; cuda: fail if unavailable; cpu",
     "max_batch_size": "most samples decoded in one batch",
     "max_queue_delay_us": "longest a request waits for others to join its batch, in microseconds",
@@ -195,5 +210,5 @@ def _check_port(settings: object, name: str) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be a port in 0..65535, got {value}")
 
 
-__all__ = ["HEALTH_SERVICES", "MAX_IMAGE_ELEMENTS", "ConfigError", "CoreSettings", "GrpcSettings",
+__all__ = ["HEALTH_SERVICES", "MAX_IMAGE_ELEMENTS", "ConfigError", "CoreSettings", "GrpcSettings", "HttpSettings",
            "MetricsSettings", "ProcessSettings", "ServerConfig", "env_var", "flag_table"]

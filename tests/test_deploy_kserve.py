@@ -19,10 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-try:  # the flag table's home while server/ is being restructured
-    from server.settings import ServerConfig, flag_table
-except ImportError:
-    from server.config import ServerConfig, flag_table
+from server.config import ServerConfig, flag_table
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
@@ -155,7 +152,6 @@ def test_inference_service_uses_the_runtime_with_a_format_and_protocol_it_suppor
 
 
 def test_every_flag_and_variable_the_runtime_passes_is_one_the_server_has(docs):
-    """This fails until the server grows --http-port (the HTTP listener for the REST protocol)."""
     container = runtime_container(docs)
     table = flag_table()
     known_flags = {f for f, _, _ in table}
@@ -166,16 +162,15 @@ def test_every_flag_and_variable_the_runtime_passes_is_one_the_server_has(docs):
 
 
 def test_runtime_arguments_parse_with_the_server_and_match_the_ports_kserve_uses(docs):
-    """This fails until the server grows --http-port (the HTTP listener for the REST protocol)."""
     container = runtime_container(docs)
     runtime = one(docs, "ServingRuntime")
     config = ServerConfig.from_args(container["args"], environ={e["name"]: e["value"] for e in container["env"]})
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert config.repository == KSERVE_MODEL_MOUNT
-    assert config.port == ports["h2c"]
-    assert config.http_port == ports["http"]
-    assert config.metrics_port == int(runtime["metadata"]["annotations"]["prometheus.kserve.io/port"])
-    assert config.metrics_port not in ports.values()
+    assert config.core.repository == KSERVE_MODEL_MOUNT
+    assert config.grpc.port == ports["h2c"]
+    assert config.http.http_port == ports["http"]
+    assert config.metrics.metrics_port == int(runtime["metadata"]["annotations"]["prometheus.kserve.io/port"])
+    assert config.metrics.metrics_port not in ports.values()
 
 
 # ---------------------------------------------------------------------------------------------- validators

@@ -21,9 +21,11 @@ import numpy as np
 
 from server.core.batcher import Decoded
 from server.core.errors import InvalidRequest
-from server.core.models import Encoded, LoadedModel, ModelInfo, ModelRegistry
+from server.core.models import Encoded, LoadedModel, ModelInfo
+from server.core.registry import ModelRegistry, VersionState
 from server.core.samplers import seed_rows
 from server.core.settings import CoreSettings
+from server.core.stats import VersionStats
 
 DEFAULT_SAMPLER = "standard_normal"
 DEFAULT_DTYPE = "uint8"
@@ -82,6 +84,22 @@ class DataPlane:
     def model(self, name: str, version: int | None = None) -> ModelInfo:
         return _info(self.registry.resolve(name, version))
 
+    def versions(self, name: str) -> list[ModelInfo]:
+        """Every served version of `name`, oldest first; ModelNotFound when none is."""
+        self.registry.resolve(name)
+        return [_info(m) for m in self.registry.versions(name)]
+
+    def states(self) -> list[VersionState]:
+        """Every version the registry knows of, with READY / UNAVAILABLE / LOADING and the reason."""
+        return self.registry.states()
+
+    def statistics(self, name: str, version: int | None = None) -> list[tuple[ModelInfo, VersionStats]]:
+        """Statistics of one served version, or of every served version of `name` when version is None."""
+        models = self.registry.versions(name) if version is None else [self.registry.resolve(name, version)]
+        if not models:
+            self.registry.resolve(name)  # raises ModelNotFound with the loaded names
+        return [(_info(m), m.stats) for m in models]
+
     def model_label(self, name: str) -> str:
         """`name` if it is a loaded model, else "": metrics labels must not grow with what clients send."""
         return name if self.registry.is_loaded(name) else ""
@@ -96,7 +114,8 @@ class DataPlane:
         seed = draw_seed() if seed is None else seed
         _check_dtype(dtype)
         model.check_count(n)
-        decoded = await model.generate(*seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
+        with model.stats.request():
+            decoded = await model.generate(*seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
         self.registry.observer.samples_generated(model.name, n)
         return Generated(_info(model), decoded.images, decoded.latents, sampler, seed)
 
@@ -108,8 +127,9 @@ class DataPlane:
         _check_dtype(dtype)
         seeds = np.ascontiguousarray(seeds, np.uint64).reshape(-1)
         model.check_count(len(seeds))
-        decoded = await model.generate(seeds, np.zeros(len(seeds), np.uint64), sampler, temperature, dtype,
-                                       deadline)
+        with model.stats.request():
+            decoded = await model.generate(seeds, np.zeros(len(seeds), np.uint64), sampler, temperature, dtype,
+                                           deadline)
         self.registry.observer.samples_generated(model.name, len(seeds))
         return Generated(_info(model), decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
 
@@ -153,7 +173,8 @@ class DataPlane:
 
     async def encode(self, name: str, version: int | None, images: PackedImages) -> EncodedImages:
         model = self.registry.resolve(name, version)
-        encoded: Encoded = await asyncio.to_thread(model.encode, _unpack(model, images))
+        with model.stats.request():
+            encoded: Encoded = await asyncio.to_thread(model.encode, _unpack(model, images))
         return EncodedImages(_info(model), encoded.latents, encoded.log_variance)
 
     async def reconstruct(self, name: str, version: int | None, images: PackedImages, *,
@@ -161,9 +182,10 @@ class DataPlane:
         """Encode, then decode the codes (a VAE's means) through the batcher, like seeds: same queue bound."""
         model = self.registry.resolve(name, version)
         _check_dtype(dtype)
-        pixels = _unpack(model, images)
-        encoded: Encoded = await asyncio.to_thread(model.encode, pixels)
-        decoded = await model.submit_latents(len(pixels), lambda: encoded.latents, dtype, deadline)
+        with model.stats.request():
+            pixels = _unpack(model, images)
+            encoded: Encoded = await asyncio.to_thread(model.encode, pixels)
+            decoded = await model.submit_latents(len(pixels), lambda: encoded.latents, dtype, deadline)
         return DecodedImages(_info(model), decoded.images)
 
     async def decode(self, name: str, version: int | None, latents: np.ndarray, *, dtype: str = DEFAULT_DTYPE,
@@ -171,14 +193,16 @@ class DataPlane:
         """Caller-given latents (n, latent_dim) → images, batched with everything else."""
         model = self.registry.resolve(name, version)
         _check_dtype(dtype)
-        d = model.manifest.latent_dim
-        if latents.ndim != 2 or latents.shape[1] != d:
-            raise InvalidRequest(f"latents must have shape [N, {d}] for model {model.name}, got {list(latents.shape)}")
-        model.check_count(latents.shape[0])
-        latents = np.ascontiguousarray(latents, dtype=np.float32)
-        if not np.isfinite(latents).all():
-            raise InvalidRequest("latents must be finite (no NaN or infinity)")
-        decoded = await model.submit_latents(latents.shape[0], lambda: latents, dtype, deadline)
+        with model.stats.request():
+            d = model.manifest.latent_dim
+            if latents.ndim != 2 or latents.shape[1] != d:
+                raise InvalidRequest(f"latents must have shape [N, {d}] for model {model.name}, "
+                                     f"got {list(latents.shape)}")
+            model.check_count(latents.shape[0])
+            latents = np.ascontiguousarray(latents, dtype=np.float32)
+            if not np.isfinite(latents).all():
+                raise InvalidRequest("latents must be finite (no NaN or infinity)")
+            decoded = await model.submit_latents(latents.shape[0], lambda: latents, dtype, deadline)
         return DecodedImages(_info(model), decoded.images)
 
 

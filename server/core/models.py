@@ -1,10 +1,8 @@
-"""Loaded model versions, and the registry that loads, polls and swaps them.
+"""Loaded model versions: sessions, sampling checks, image checks, encoding.
 
 A model version is read through export/repository.py (the repository's format module, which verifies
-every file's SHA-256), gets one onnxruntime session per graph, is warmed up at every batch-size bucket, and
-only then is swapped in, atomically, as its model's served version. The registry polls the repository
-for newer versions; one that fails to load or verify is refused with a log line and the old one keeps
-serving. A retired version's batcher finishes what it has queued.
+every file's SHA-256), gets one onnxruntime session per graph and is warmed up at every batch-size bucket
+(`load_model`); registry.py decides which versions are served and swaps them in.
 
 Protocols do not call this module directly: server/core/dataplane.py is the core's one entry point.
 """
@@ -15,7 +13,6 @@ import asyncio
 import functools
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +25,14 @@ from export.repository import (
     Manifest,
     ModelVersion,
     RepositoryError,
-    list_models,
-    list_versions,
     load_version,
 )
 from server.core import samplers as latent_samplers
 from server.core.batcher import Batcher, BatchObserver, Decoded
-from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerError
+from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from server.core.runner import DecoderRunner, Device, GraphRunner
 from server.core.settings import MAX_IMAGE_ELEMENTS, CoreSettings
+from server.core.stats import VersionStats
 
 log = logging.getLogger("aegen.server.models")
 
@@ -105,6 +101,7 @@ class LoadedModel:
     decoders: dict[str, DecoderRunner]  # by output dtype: "uint8", "float32"
     max_samples: int
     batcher: Batcher | None = field(default=None)
+    stats: VersionStats = field(default_factory=VersionStats)
 
     @property
     def name(self) -> str:
@@ -208,114 +205,4 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
     return LoadedModel(model_version, samplers, encoder, decoders, config.max_samples_per_request)
 
 
-class ModelRegistry:
-    """The served version of each model; `resolve` is what request handlers call."""
-
-    def __init__(self, config: CoreSettings, device: Device, observer: ModelObserver | None = None) -> None:
-        self.config = config
-        self.device = device
-        self.observer = observer or _NullModelObserver()
-        self.repository = Path(config.repository)
-        self._models: dict[str, LoadedModel] = {}
-        self._refused: set[tuple[str, int]] = set()
-        self._retiring: set[asyncio.Task] = set()
-
-    def resolve(self, name: str, version: int | None = None) -> LoadedModel:
-        if not name:
-            raise InvalidRequest("model_name is required; ListModels lists the loaded models")
-        model = self._models.get(name)
-        if model is None:
-            raise ModelNotFound(f"no model {name!r} is loaded; loaded: {', '.join(sorted(self._models)) or 'none'}")
-        if version is not None and version != model.number:
-            raise ModelNotFound(f"model {name!r} version {version} is not loaded; serving version {model.number}")
-        return model
-
-    def is_loaded(self, name: str) -> bool:
-        return name in self._models
-
-    def models(self) -> list[LoadedModel]:
-        return [self._models[name] for name in sorted(self._models)]
-
-    async def load_initial(self) -> None:
-        """Load every configured model's newest loadable version; ModelLoadError if any model has none."""
-        try:
-            names = list(self.config.models) or list_models(self.repository)
-        except RepositoryError as exc:
-            raise ModelLoadError(str(exc)) from None
-        if not names:
-            raise ModelLoadError(f"{self.repository}: no models in the repository")
-        for name in names:
-            if not await self._load_newest(name):
-                raise ModelLoadError(f"model {name!r}: no version of it could be loaded (see the log)")
-
-    async def poll_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("repository poll failed")
-
-    async def poll_once(self) -> None:
-        names = list(self._models) if self.config.models else await asyncio.to_thread(self._listed_models)
-        for name in names:
-            await self._load_newest(name)
-
-    async def close(self) -> None:
-        models, self._models = list(self._models.values()), {}
-        await asyncio.gather(*(m.batcher.close() for m in models if m.batcher), *self._retiring)
-
-    # ------------------------------------------------------------------------------------------ internals
-
-    def _listed_models(self) -> list[str]:
-        try:
-            return list_models(self.repository)
-        except RepositoryError as exc:
-            log.warning("cannot list the model repository", extra={"error": str(exc)})
-            return list(self._models)
-
-    async def _load_newest(self, name: str) -> bool:
-        """Try versions newer than the served one, newest first; swap in the first that loads."""
-        current = self._models[name].number if name in self._models else 0
-        try:
-            versions = await asyncio.to_thread(list_versions, self.repository, name)
-        except RepositoryError as exc:
-            log.warning("cannot list versions", extra={"model": name, "error": str(exc)})
-            return name in self._models
-        for version in reversed(versions):
-            if version <= current:
-                break
-            if (name, version) in self._refused:
-                continue
-            started = time.perf_counter()
-            try:
-                model = await asyncio.to_thread(load_model, self.repository, name, version, self.device,
-                                                self.config)
-            except ServerError as exc:
-                self._refused.add((name, version))
-                log.error("model version refused", extra={"model": name, "version": version, "error": str(exc)})
-                continue
-            self._activate(model, time.perf_counter() - started)
-            return True
-        return name in self._models
-
-    def _activate(self, model: LoadedModel, load_seconds: float) -> None:
-        model.batcher = Batcher(model.decoders, self.config.batching,
-                                self.observer.batch_observer(model.name, model.device),
-                                name=f"{model.name}-{model.number}")
-        model.batcher.start()
-        old = self._models.get(model.name)
-        self._models[model.name] = model  # the swap: one assignment on the event loop
-        self.observer.model_loaded(model.name, model.number, model.device, model.execution_provider)
-        log.info("model version serving", extra={
-            "model": model.name, "version": model.number, "device": model.device,
-            "execution_provider": model.execution_provider, "samplers": list(model.manifest.samplers),
-            "load_seconds": round(load_seconds, 3), "replaces": old.number if old else None})
-        if old is not None:
-            self.observer.model_unloaded(old.name, old.number)
-            task = asyncio.get_running_loop().create_task(old.batcher.close())
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
-
-
-__all__ = ["Decoded", "Encoded", "LoadedModel", "ModelInfo", "ModelObserver", "ModelRegistry", "load_model"]
+__all__ = ["Decoded", "Encoded", "LoadedModel", "ModelInfo", "ModelObserver", "load_model"]

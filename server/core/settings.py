@@ -47,9 +47,37 @@ class BatcherConfig:
 
 
 @dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve (registry.py): the newest `count`, all, or `versions`."""
+
+    kind: str  # "latest" | "all" | "specific"
+    count: int = 1
+    versions: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        kind, _, arguments = text.strip().partition(":")
+        try:
+            if kind == "latest":
+                policy = cls("latest", count=int(arguments or "1"))
+                if policy.count >= 1:
+                    return policy
+            elif kind == "all" and not arguments:
+                return cls("all")
+            elif kind == "specific":
+                versions = tuple(sorted({int(v) for v in arguments.split(",") if v.strip()}))
+                if versions and min(versions) >= 1:
+                    return cls("specific", versions=versions)
+        except ValueError:
+            pass
+        raise ConfigError(f"--version-policy must be latest:N (N >= 1), all or specific:V1,V2,...; got {text!r}")
+
+
+@dataclass(frozen=True)
 class CoreSettings:
     repository: str = "/models"
     models: tuple[str, ...] = ()  # empty: every model in the repository
+    version_policy: str = "latest:1"
     device: str = "auto"
     max_batch_size: int = 8192
     max_queue_delay_us: int = 0  # like Triton: merge what queued during the last decode
@@ -65,6 +93,7 @@ class CoreSettings:
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)
+        VersionPolicy.parse(self.version_policy)
         check_choice("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_CONV_ALGO_SEARCHES)
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
                        "max_samples_per_stream")
@@ -77,6 +106,10 @@ class CoreSettings:
             if self.device == "cpu" and getattr(self, name):
                 raise ConfigError(f"--{_flag(name)} needs the CUDA execution provider; "
                                   "it makes no sense with --device cpu")
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy.parse(self.version_policy)
 
     @property
     def execution(self) -> ExecutionConfig:

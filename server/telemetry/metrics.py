@@ -32,9 +32,10 @@ class ServerMetrics:
         r = self.registry
         self.request_duration = Histogram(
             "aegen_request_duration_seconds", "Time from a call's arrival to its answer, by method and status.",
-            ["method", "model", "code"], buckets=_LATENCY_BUCKETS, registry=r)
+            ["protocol", "method", "model", "code"], buckets=_LATENCY_BUCKETS, registry=r)
         self.requests = Counter(
-            "aegen_requests", "Calls answered, by method and status code.", ["method", "model", "code"],
+            "aegen_requests", "Calls answered, by protocol, method and status code.",
+            ["protocol", "method", "model", "code"],
             registry=r)
         self.samples_generated_total = Counter(
             "aegen_samples_generated", "Images decoded from latent seeds and returned.", ["model"], registry=r)
@@ -57,11 +58,11 @@ class ServerMetrics:
             MODEL_INFO, "A loaded model version and where it runs.",
             ["name", "version", "device", "execution_provider"], multiprocess_mode="liveall", registry=r)
         self._model_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
-        self._request_children: dict[tuple[str, str, str], tuple] = {}
+        self._request_children: dict[tuple[str, str, str, str], tuple] = {}
         self._generated: dict[str, Counter] = {}
 
-    def observe_request(self, method: str, model: str, code: str, seconds: float) -> None:
-        key = (method, model, code)
+    def observe_request(self, protocol: str, method: str, model: str, code: str, seconds: float) -> None:
+        key = (protocol, method, model, code)
         children = self._request_children.get(key)
         if children is None:  # labels() takes a lock and hashes; do it once per label set
             children = (self.request_duration.labels(*key), self.requests.labels(*key))
@@ -69,13 +70,9 @@ class ServerMetrics:
         children[0].observe(seconds)
         children[1].inc()
 
-    # CallObserver (server/protocols/grpc_calls.py)
-    def call_started(self) -> None:
-        self.in_flight.inc()
-
-    def call_finished(self, method: str, model: str, code: str, seconds: float) -> None:
-        self.in_flight.dec()
-        self.observe_request(method, model, code, seconds)
+    def calls(self, protocol: str) -> ProtocolCalls:
+        """The per-call observer of one protocol adapter (protocol: aegen_v1, oip_grpc, oip_http)."""
+        return ProtocolCalls(self, protocol)
 
     # ModelObserver (server/core/models.py)
     def samples_generated(self, model: str, n: int) -> None:
@@ -127,6 +124,20 @@ def serve_multiprocess(host: str, port: int, directory: str):
     registry.register(_WorkerMetricsCollector(directory))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
+
+
+class ProtocolCalls:
+    """A protocol adapter's CallObserver (server/protocols/grpc_calls.py): calls in flight and answered."""
+
+    def __init__(self, metrics: ServerMetrics, protocol: str) -> None:
+        self._metrics, self.protocol = metrics, protocol
+
+    def call_started(self) -> None:
+        self._metrics.in_flight.inc()
+
+    def call_finished(self, method: str, model: str, code: str, seconds: float) -> None:
+        self._metrics.in_flight.dec()
+        self._metrics.observe_request(self.protocol, method, model, code, seconds)
 
 
 class BatchMetrics:

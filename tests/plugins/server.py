@@ -39,6 +39,7 @@ class RunningServer:
     repository: Path
     log_path: Path
     _log_file: object = field(repr=False, default=None)
+    http_url: str = ""  # the Open Inference Protocol's HTTP/REST side, e.g. http://127.0.0.1:PORT
 
     def __iter__(self):
         return iter((self.target, self.metrics_url, self.process))
@@ -66,16 +67,17 @@ class RunningServer:
 
 def launch_aegen_server(repository: Path, tmp_dir: Path, *flags: str, env: dict | None = None) -> RunningServer:
     """Start `python -m server` without waiting for it; see wait_until_serving."""
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     log_path = Path(tmp_dir) / f"server-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until stop() closes it
     command = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
-               "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu", "--log-format", "json",
+               "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port),
+               "--device", "cpu", "--log-format", "json",
                *TEST_FLAGS, *flags]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
     return RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process,
-                         Path(repository), log_path, log_file)
+                         Path(repository), log_path, log_file, http_url=f"http://127.0.0.1:{http_port}")
 
 
 def wait_until_serving(server: RunningServer, timeout: float = 90) -> None:

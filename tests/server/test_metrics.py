@@ -35,13 +35,13 @@ def test_counters_and_histograms_move_with_calls(aegen_server):
     def delta(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    ok = {"method": "GenerateSamples", "model": VAE, "code": "OK"}
+    ok = {"protocol": "aegen_v1", "method": "GenerateSamples", "model": VAE, "code": "OK"}
     assert delta("aegen_requests_total", **ok) == 3
     assert delta("aegen_request_duration_seconds_count", **ok) == 3
     assert delta("aegen_request_duration_seconds_bucket", **ok, le="+Inf") == 3
-    assert delta("aegen_requests_total", method="GenerateSamples", model=VAE, code="INVALID_ARGUMENT") == 1
+    assert delta("aegen_requests_total", **{**ok, "code": "INVALID_ARGUMENT"}) == 1
     # An unknown model name is not a label value: clients cannot grow the label set.
-    assert delta("aegen_requests_total", method="GenerateSamples", model="", code="NOT_FOUND") == 1
+    assert delta("aegen_requests_total", **{**ok, "model": "", "code": "NOT_FOUND"}) == 1
     assert delta("aegen_samples_generated_total", model=VAE) == 150
     assert delta("aegen_batch_size_samples_sum", model=VAE) == 150
     assert delta("aegen_batch_size_samples_bucket", model=VAE, le="32.0") == 0

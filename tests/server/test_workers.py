@@ -95,10 +95,10 @@ def test_metrics_sum_over_workers_and_name_each_worker(workers_server):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    ok = {"method": "GenerateSamples", "model": VAE, "code": "OK"}
+    ok = {"protocol": "aegen_v1", "method": "GenerateSamples", "model": VAE, "code": "OK"}
     assert delta("aegen_requests_total", **ok) == CHANNELS
     assert delta("aegen_request_duration_seconds_count", **ok) == CHANNELS
-    assert delta("aegen_requests_total", method="GenerateSamples", model=VAE, code="INVALID_ARGUMENT") == 1
+    assert delta("aegen_requests_total", **{**ok, "code": "INVALID_ARGUMENT"}) == 1
     assert delta("aegen_samples_generated_total", model=VAE) == 5 * CHANNELS
     assert after[("aegen_requests_in_flight", ())] == 0
     assert after[("aegen_queue_depth_samples", (("model", VAE),))] == 0

@@ -15,8 +15,8 @@ from protos.aegen.v1 import generator_pb2_grpc
 from protos.aegen.v1.names import DTYPE_NAMES, DTYPES, SAMPLER_NAMES, SAMPLERS
 from server.core.dataplane import DEFAULT_DTYPE, DEFAULT_SAMPLER, DataPlane, Generated, PackedImages
 from server.core.errors import InvalidRequest
-from server.protocols.aegen_v1.wire import serialize_response, with_bytes_fields
 from server.protocols.grpc_calls import Call, CallObserver, deadline_of, rpc
+from server.protocols.wire import serialize_response, with_bytes_fields
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 
@@ -73,8 +73,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     @rpc
     async def ListModels(self, request: pb.ListModelsRequest, context, call: Call):
         return pb.ListModelsResponse(models=[
-            pb.ModelSummary(name=m.name, versions=[m.version], default_version=m.version, kind=m.kind,
-                            latent_dim=m.latent_dim)
+            pb.ModelSummary(name=m.name, versions=[v.version for v in self.plane.versions(m.name)],
+                            default_version=m.version, kind=m.kind, latent_dim=m.latent_dim)
             for m in self.plane.models()])
 
     @rpc
