@@ -14,7 +14,7 @@ from client.client import AegenClient
 from export.repository import Manifest, load_version
 from protos.aegen.v1 import generator_pb2 as pb
 from server.core.samplers import draw, seed_rows
-from server.protocols.aegen_v1.wire import encode_varint, with_bytes_fields
+from server.protocols.wire import encode_varint, with_bytes_fields
 
 VAE, AE = "digits-vae", "digits-ae"
 
