@@ -87,7 +87,8 @@ def _exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize("args", [["/nonexistent/checkpoint"], ["{ckpt}", "--samples", "1"], ["{ckpt}", "--bogus"]])
+@pytest.mark.parametrize("args", [["/nonexistent/checkpoint"], ["{ckpt}", "--samples", "1"], ["{ckpt}", "--bogus"],
+                                  ["{ckpt}", "--corrupt", "blur:1"], ["{ckpt}", "--threads", "two"]])
 def test_bad_input_is_one_line_on_stderr_and_exit_2(vae_checkpoint: Path, capsys, args):
     assert _exit_code([a.format(ckpt=vae_checkpoint) for a in args]) == 2
     err = capsys.readouterr().err

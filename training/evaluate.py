@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from protos.atomic import atomic_write_text
 from protos.cli import OneLineParser, env, fail
+from training.augment import Corruption, psnr
 from training.checkpoint import CheckpointConfig, CheckpointError, load_model
 from training.classifier import (
     NOT_A_DIGIT,
@@ -194,6 +195,25 @@ def reconstruction_metrics(model: AutoEncoder, config: CheckpointConfig, split: 
     return {**metrics, "val_mse_per_pixel": mse}
 
 
+@torch.no_grad()
+def denoising_metrics(model: AutoEncoder, clean: np.ndarray, corruption: Corruption, seed: int = 0,
+                      batch_size: int = 1000) -> dict[str, Any]:
+    """PSNR against the clean images of the corrupted images and of their reconstructions (z = M).
+
+    Also returns the first images of each, for grids: `clean`, `corrupted`, `reconstructed` (float, N×1×28×28)."""
+    model.eval()
+    x = torch.as_tensor(clean, dtype=torch.float32)
+    noisy = corruption.apply(x, torch.Generator().manual_seed(seed))
+    restored = []
+    for chunk in noisy.split(batch_size):
+        z = model.encode(chunk)
+        restored.append(model.decode(z[0] if isinstance(z, tuple) else z))
+    restored = torch.cat(restored)
+    return {"corruption": str(corruption), "images": len(x), "psnr_corrupted": psnr(x, noisy),
+            "psnr_reconstructed": psnr(x, restored),
+            "examples": {"clean": x[:16].numpy(), "corrupted": noisy[:16].numpy(), "reconstructed": restored[:16].numpy()}}
+
+
 # --- the command ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -201,6 +221,7 @@ class EvalOptions:
     checkpoint: Path
     samples: int = 10_000
     fitted: bool = False  # also sample from a Gaussian fitted to the training latents
+    corrupt: str | None = None  # also measure denoising: PSNR of corrupted and reconstructed validation images
     seed: int = 0
     json_path: Path | None = None
     data_dir: Path | None = None  # IDX directory for mnist / fashion-mnist checkpoints
@@ -209,6 +230,11 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if not 2 <= self.samples <= 1_000_000:
             raise EvalError(f"--samples must be in 2..1000000, got {self.samples}")
+        if self.corrupt is not None:
+            try:
+                Corruption.parse(self.corrupt)
+            except ValueError as exc:
+                raise EvalError(f"--corrupt: {exc}") from None
 
 
 def checkpoint_split(config: CheckpointConfig, data_dir: str | Path | None = None) -> Split:
@@ -234,6 +260,9 @@ def evaluate_checkpoint(options: EvalOptions) -> dict[str, Any]:
     for step in tqdm(steps, desc="aegen-eval", unit="step"):
         if step == "reconstruction":
             result["reconstruction"] = reconstruction_metrics(model, config, split)
+            if options.corrupt is not None:
+                denoising = denoising_metrics(model, val_x, Corruption.parse(options.corrupt), options.seed)
+                result["denoising"] = {k: v for k, v in denoising.items() if k != "examples"}
             continue
         if classifier is None:
             continue
@@ -262,6 +291,10 @@ def format_table(result: dict[str, Any]) -> str:
     if "note" in result:
         lines.append(result["note"])
     lines += ["", "validation split: " + ", ".join(f"{k} {v:.4g}" for k, v in result["reconstruction"].items())]
+    if "denoising" in result:
+        d = result["denoising"]
+        lines.append(f"denoising ({d['corruption']}, {d['images']} validation images): PSNR corrupted "
+                     f"{d['psnr_corrupted']:.2f} dB → reconstructed {d['psnr_reconstructed']:.2f} dB")
     return "\n".join(lines)
 
 
@@ -270,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path, help="checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--samples", type=int, default=EvalOptions.samples, help="generated samples per sampler")
     p.add_argument("--fitted", action="store_true", help="also decode seeds from a Gaussian fitted to training latents")
+    p.add_argument("--corrupt", default=None, metavar="KIND:AMOUNT",
+                   help="also measure denoising: PSNR of validation images corrupted so (noise:0.3, mask:0.25) "
+                        "and of their reconstructions, against the clean images")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent seeds")
     p.add_argument("--json", dest="json_path", type=Path, help="write the results as JSON here")
     p.add_argument("--data-dir", type=Path, default=env("data_dir"),
