@@ -9,6 +9,8 @@ the `server_factory` fixture does that and stops them all at teardown.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -24,6 +26,7 @@ import pytest
 
 from client import local
 from client.local import free_port
+from export.repository import VersionWriter, load_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,3 +149,28 @@ def server_factory(model_repository: Path, tmp_path: Path) -> Iterator[Callable[
     yield start
     for server in servers:
         server.stop()
+
+
+def publish_copy(repository: Path, name: str, version: int, *, name_as: str | None = None):
+    """Publish a version's files again as the next version (of `name_as`), through the format module."""
+    source = load_version(repository, name, version)
+    target = name_as or name
+    with VersionWriter(repository, target) as writer:
+        for entry in source.path.iterdir():
+            if entry.name != "manifest.json":
+                shutil.copy2(entry, writer.path / entry.name)
+        return writer.commit(lambda v: dataclasses.replace(source.manifest, name=target, version=v))
+
+
+def wait_for_log(server, message: str, version: int) -> None:
+    def logged() -> bool:
+        for line in server.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("message") == message and entry.get("version") == version:
+                return True
+        return False
+
+    wait_until(logged, f"log {message!r} for version {version}")

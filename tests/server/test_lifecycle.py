@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shutil
 import socket
 import subprocess
@@ -16,8 +14,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.client import AegenClient
-from export.repository import GRAPH_FILES, VersionWriter, load_version
-from tests.plugins.server import ROOT, copy_repository, launch_aegen_server, wait_until
+from export.repository import GRAPH_FILES
+from tests.plugins.server import (
+    ROOT,
+    copy_repository,
+    launch_aegen_server,
+    publish_copy,
+    wait_for_log,
+    wait_until,
+)
 
 VAE = "digits-vae"
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -35,7 +40,7 @@ def test_health_is_not_serving_until_every_model_is_warm_then_serving(model_repo
     # for a while after the port opens; the watch starts the moment it does.
     repository = copy_repository(model_repository, tmp_path / "repository")
     for i in range(2):
-        _publish_copy(repository, VAE, 1, name_as=f"{VAE}-copy{i}")
+        publish_copy(repository, VAE, 1, name_as=f"{VAE}-copy{i}")
     server = launch_aegen_server(repository, tmp_path, "--max-batch-size", "8192")
     try:
         host, port = server.target.rsplit(":", 1)
@@ -109,16 +114,16 @@ def test_corrupt_version_is_refused_while_the_old_one_serves_then_a_good_one_is_
     repository = server.repository
     with AegenClient(server.target, timeout=30) as client:
         old = client.generate(VAE, 4, seed=1)
-        corrupt = _publish_copy(repository, VAE, old.model_version)
+        corrupt = publish_copy(repository, VAE, old.model_version)
         decoder = corrupt.path / GRAPH_FILES["decoder"]
         data = bytearray(decoder.read_bytes())
         data[len(data) // 2] ^= 0xFF
         decoder.write_bytes(bytes(data))
-        _wait_for_log(server, "model version refused", corrupt.version)
+        wait_for_log(server, "model version refused", corrupt.version)
         still = client.generate(VAE, 4, seed=1)
         assert still.model_version == old.model_version and still.images.tobytes() == old.images.tobytes()
 
-        good = _publish_copy(repository, VAE, old.model_version)
+        good = publish_copy(repository, VAE, old.model_version)
         wait_until(lambda: client.generate(VAE, 1).model_version == good.version, "the new version to serve")
         new = client.generate(VAE, 4, seed=1)
         assert new.images.tobytes() == old.images.tobytes()  # the same graphs under a new number
@@ -157,17 +162,6 @@ def test_environment_variables_configure_the_server(model_repository, tmp_path):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _publish_copy(repository: Path, name: str, version: int, *, name_as: str | None = None):
-    """Publish a version's files again as the next version (of `name_as`), through the format module."""
-    source = load_version(repository, name, version)
-    target = name_as or name
-    with VersionWriter(repository, target) as writer:
-        for entry in source.path.iterdir():
-            if entry.name != "manifest.json":
-                shutil.copy2(entry, writer.path / entry.name)
-        return writer.commit(lambda v: dataclasses.replace(source.manifest, name=target, version=v))
-
-
 def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -192,20 +186,6 @@ def _rss_kib(pid: int) -> int:
 
 def _wait_for_metric(server, line: str) -> None:
     wait_until(lambda: line in server.metrics_text(), line)
-
-
-def _wait_for_log(server, message: str, version: int) -> None:
-    def logged() -> bool:
-        for line in server.log_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if entry.get("message") == message and entry.get("version") == version:
-                return True
-        return False
-
-    wait_until(logged, f"log {message!r} for version {version}")
 
 
 def test_tls_server_answers_a_client_that_trusts_its_certificate(server_factory, tmp_path):
