@@ -16,7 +16,10 @@ ROWS = ("AE · N(0, I) seeds", "AE · fitted Gaussian seeds", "VAE · N(0, I) se
 GRIDS = ("samples_ae_normal.png", "samples_ae_fitted.png", "samples_vae_normal.png", "samples_vae_fitted.png",
          "samples_real.png", "samples_ae2_normal.png", "samples_vae2_normal.png")
 SMALL = ["--epochs", "1", "--epochs-2d", "1", "--limit", "600", "--samples", "300", "--arch", "mlp", "--hidden-dim", "64",
-         "--threads", "1", "--no-progress"]
+         "--recipe-epochs", "1", "--recipe-arch", "conv", "--flow-epochs", "1", "--denoise-epochs", "1",
+         "--mixture-components", "5", "--threads", "1", "--no-progress"]
+RECIPE_ROWS = ("VAE conv 8 · N(0, I) seeds", "VAE conv 8 · fitted Gaussian seeds", "VAE conv 8 · 5-component mixture seeds",
+               "VAE conv 8 · flow (RealNVP) seeds")
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -47,7 +50,7 @@ def test_report_writes_every_sample_grid_eight_wide(report: Path):
 
 def test_report_table_has_every_row_with_four_numbers(report: Path):
     text = (report / "report" / "README.md").read_text()
-    for row in ROWS:
+    for row in ROWS + RECIPE_ROWS:
         line = next((ln for ln in text.splitlines() if ln.startswith(f"| {row} |")), None)
         assert line is not None, f"row {row!r} missing"
         assert len(re.findall(r"\| -?\d+\.\d+ ", line)) == 4
@@ -66,7 +69,7 @@ def test_report_metrics_json_agrees_with_the_table(report: Path):
 
 def test_rerun_reuses_checkpoints_trained_with_the_same_options(report: Path):
     weights = sorted((report / "runs").glob("*/model.safetensors"))
-    assert len(weights) == 4
+    assert len(weights) == 7  # 2-D AE and VAE, AE and VAE, the recipe's VAE, two denoising AEs
     before = {p: p.stat().st_mtime_ns for p in weights}
     assert main(["--out", str(report / "again"), "--runs", str(report / "runs"), *SMALL]) == 0
     assert {p: p.stat().st_mtime_ns for p in weights} == before
@@ -80,3 +83,21 @@ def test_bad_budget_is_one_line_and_exit_2(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("aegen-report: error:") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_report_shows_denoising_psnr_and_grids(report: Path):
+    metrics = json.loads((report / "report" / "metrics.json").read_text())
+    text = (report / "report" / "README.md").read_text()
+    assert set(metrics["denoising"]) == {"noise:0.3", "mask:0.25"}
+    for spec, m in metrics["denoising"].items():
+        assert f"| {spec} | {m['psnr_corrupted']:.2f} | **{m['psnr_reconstructed']:.2f}** |" in text
+        width, height = png_size(report / "report" / m["figure"])
+        assert width == GRID * 90 and height > 2 * 90  # clean, corrupted and denoised rows
+
+
+def test_report_embeds_the_training_curves_of_its_models(report: Path):
+    text = (report / "report" / "README.md").read_text()
+    embedded = re.findall(r"!\[[^\]]*training curves\]\((curves_[\w.-]+\.png)\)", text)
+    assert len(embedded) == 5
+    for name in embedded:
+        png_size(report / "report" / name)

@@ -32,6 +32,7 @@ from matplotlib.patches import Circle
 
 from protos.atomic import atomic_write_bytes, atomic_write_text
 from protos.cli import OneLineParser, env, fail
+from training.augment import Corruption
 from training.checkpoint import CheckpointError, load_model, read_config
 from training.classifier import (
     CLASS_NAMES,
@@ -43,11 +44,13 @@ from training.classifier import (
     predict,
     read_info,
 )
+from training.curves import CURVES_FILE
 from training.data import DataError, to_unit_float
 from training.evaluate import (
     EvalError,
     checkpoint_split,
     decode_seeds,
+    denoising_metrics,
     encode_means,
     fit_latent_gaussian,
     normal_seeds,
@@ -55,6 +58,7 @@ from training.evaluate import (
     sample_metrics,
 )
 from training.grid import save_grid
+from training.latent_sampler import FlowError, FlowOptions, train_flow
 from training.models import AutoEncoder
 from training.train import TrainError, TrainOptions, train
 
@@ -85,6 +89,17 @@ class ReportOptions:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    # The measured recipe (docs/report/TUNING.md): its VAE beside the seed's, with the served latent samplers.
+    recipe_arch: str = "resconv"
+    recipe_latent_dim: int = 8
+    recipe_epochs: int = 40
+    recipe_kl_weight: float = 1.0
+    recipe_lr_schedule: str = "cosine"
+    mixture_components: int = 40  # the best of 5, 10, 20, 40 in the study
+    flow_epochs: int = 150
+    # Denoising AEs (MLP, latent 16), one per corruption, against the plain AE reconstructing the same inputs.
+    denoise_epochs: int = 20
+    corruptions: tuple[str, ...] = ("noise:0.3", "mask:0.25")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.epochs_2d is not None and self.epochs_2d < 1):
@@ -93,14 +108,18 @@ class ReportOptions:
             raise ReportError(f"--samples must be in 2..1000000, got {self.samples}")
         if self.limit is not None and self.limit < 2:
             raise ReportError(f"--limit must be ≥ 2, got {self.limit}")
+        if min(self.recipe_epochs, self.denoise_epochs, self.flow_epochs, self.mixture_components) < 1:
+            raise ReportError("--recipe-epochs, --denoise-epochs, --flow-epochs and --mixture-components must be ≥ 1")
 
 
 def _train_options(o: ReportOptions, name: str, kind: str, latent_dim: int, classes: tuple[int, ...] | None,
-                   epochs: int, arch: str) -> TrainOptions:
-    return TrainOptions(kind=kind, arch=arch, latent_dim=latent_dim, hidden_dim=o.hidden_dim, classes=classes,
-                        epochs=epochs, lr=o.lr, kl_weight=o.kl_weight, kl_warmup_epochs=o.kl_warmup_epochs,
-                        loss=o.loss, seed=o.seed, limit=o.limit, out=str(o.runs / name), progress=o.progress,
-                        threads=o.threads)
+                   epochs: int, arch: str, **changes: Any) -> TrainOptions:
+    """The seed's experiments: no augmentation, constant learning rate, unless `changes` say otherwise."""
+    values = {"kind": kind, "arch": arch, "latent_dim": latent_dim, "hidden_dim": o.hidden_dim, "classes": classes,
+              "epochs": epochs, "lr": o.lr, "kl_weight": o.kl_weight, "kl_warmup_epochs": o.kl_warmup_epochs,
+              "loss": o.loss, "seed": o.seed, "limit": o.limit, "out": str(o.runs / name), "progress": o.progress,
+              "threads": o.threads, "augment": False, **changes}
+    return TrainOptions(**values)
 
 
 def _matches(t: TrainOptions) -> bool:
@@ -111,7 +130,8 @@ def _matches(t: TrainOptions) -> bool:
         return False
     return (c.model == t.model_config() and c.classes == t.classes and c.epochs == t.epochs and c.loss == t.loss
             and c.kl_weight == (t.kl_weight if t.kind == "vae" else 0.0) and c.limit == t.limit
-            and c.seed == t.seed and c.learning_rate == t.lr and c.kl_warmup_epochs == t.kl_warmup_epochs)
+            and c.seed == t.seed and c.learning_rate == t.lr and c.kl_warmup_epochs == t.kl_warmup_epochs
+            and c.augment == t.augmented() and c.lr_schedule == t.lr_schedule and c.corrupt == t.corrupt)
 
 
 def _trained(t: TrainOptions) -> tuple[AutoEncoder, float]:
@@ -230,6 +250,81 @@ def _pair_rows(o: ReportOptions, classifier: DigitClassifier) -> dict[str, Any]:
     return rows
 
 
+def _curves(t: TrainOptions, o: ReportOptions, name: str) -> str:
+    """The run's curves.png, copied into the report as curves_<name>.png."""
+    atomic_write_bytes(o.out / f"curves_{name}.png", (Path(t.out) / CURVES_FILE).read_bytes())
+    return f"curves_{name}.png"
+
+
+def _mixture_seeds(latents: np.ndarray, k: int, n: int, seed: int) -> torch.Tensor:
+    # The exporter's EM fit (export/latent_samplers.py, numpy only), so the report measures what is served.
+    from export.latent_samplers import fit_mixture
+
+    fit = fit_mixture(latents, components=k, seed=seed)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, fit.weights)
+    parts = [rng.multivariate_normal(fit.means[j], fit.covs[j], c) for j, c in enumerate(counts) if c]
+    return torch.from_numpy(rng.permutation(np.concatenate(parts))).float()
+
+
+def _recipe_rows(o: ReportOptions, classifier: DigitClassifier) -> dict[str, Any]:
+    """The measured recipe's VAE (augmented, cosine lr) decoding seeds from every served latent sampler."""
+    t = _train_options(o, f"vae{o.recipe_latent_dim}-{o.recipe_arch}-recipe", "vae", o.recipe_latent_dim, None,
+                       o.recipe_epochs, o.recipe_arch, augment=True, kl_weight=o.recipe_kl_weight,
+                       kl_warmup_epochs=0, lr_schedule=o.recipe_lr_schedule)
+    model, seconds = _trained(t)
+    config = read_config(t.out)
+    split = checkpoint_split(config)
+    train_x, real_val = to_unit_float(split.train_images), to_unit_float(split.val_images)
+    latents = encode_means(model, train_x)
+    started = time.process_time()
+    try:
+        flow = train_flow(latents.astype(np.float32), FlowOptions(epochs=o.flow_epochs, seed=o.seed,
+                                                                  threads=o.threads))
+    except FlowError as exc:
+        raise ReportError(f"the latent flow: {exc}") from None
+    flow_seconds = time.process_time() - started
+    d, k = o.recipe_latent_dim, o.mixture_components
+    with torch.no_grad():
+        seeds = {"N(0, I)": normal_seeds(o.samples, d, o.seed),
+                 "fitted Gaussian": fit_latent_gaussian(model, train_x).sample(o.samples, o.seed),
+                 f"{k}-component mixture": _mixture_seeds(latents, k, o.samples, o.seed),
+                 "flow (RealNVP)": flow(normal_seeds(o.samples, d, o.seed))}
+    rows = {}
+    for (sampler, z), short in zip(seeds.items(), ("normal", "fitted", "mixture", "flow"), strict=True):
+        images = decode_seeds(model, z)
+        slug = f"samples_recipe_{short}.png"
+        labelled_grid(classifier, images, f"VAE {o.recipe_arch} latent {d}, augmented: {sampler} seeds", o.out / slug)
+        rows[f"VAE {o.recipe_arch} {d} · {sampler} seeds"] = {**sample_metrics(images, real_val, classifier),
+                                                              "figure": slug}
+    model_row = {"checkpoint": t.out, "train_seconds": seconds, "epochs": config.epochs, "flow_seconds": flow_seconds,
+                 "curves": _curves(t, o, "recipe"), **reconstruction_metrics(model, config, split)}
+    return {"rows": rows, "model": model_row}
+
+
+def _denoising(o: ReportOptions, plain_ae: str) -> dict[str, Any]:
+    """Denoising AEs, one per corruption: PSNR of the corrupted and the reconstructed validation images."""
+    rows = {}
+    for spec in o.corruptions:
+        corruption = Corruption.parse(spec)
+        t = _train_options(o, f"ae{o.latent_dim}-{corruption.kind}", "ae", o.latent_dim, None, o.denoise_epochs,
+                           "mlp", corrupt=str(corruption))
+        model, seconds = _trained(t)
+        split = checkpoint_split(read_config(t.out))
+        val = to_unit_float(split.val_images)
+        result = denoising_metrics(model, val, corruption, o.seed)
+        plain = denoising_metrics(load_model(plain_ae)[0], val, corruption, o.seed)
+        ex = result["examples"]
+        grid = np.concatenate([ex["clean"][:8], ex["corrupted"][:8], ex["reconstructed"][:8]])
+        slug = f"denoising_{corruption.kind}.png"
+        save_grid(grid, o.out / slug, nrow=8, title=f"{spec}: clean (top), corrupted, denoised by the AE")
+        rows[str(corruption)] = {"psnr_corrupted": result["psnr_corrupted"],
+                                 "psnr_reconstructed": result["psnr_reconstructed"],
+                                 "psnr_plain_ae": plain["psnr_reconstructed"], "train_seconds": seconds,
+                                 "figure": slug, "curves": _curves(t, o, f"denoise_{corruption.kind}")}
+    return rows
+
+
 def run_report(o: ReportOptions) -> dict[str, Any]:
     o.out.mkdir(parents=True, exist_ok=True)
     if o.threads is not None:
@@ -239,9 +334,14 @@ def run_report(o: ReportOptions) -> dict[str, Any]:
     latents = {kind: _latent_experiment(o, kind) for kind in ("ae", "vae")}
     pair = _pair_rows(o, classifier)
     main_part = _main_models(o, classifier)
+    for kind in ("ae", "vae"):
+        main_part["models"][kind]["curves"] = _curves(
+            _train_options(o, f"{kind}{o.latent_dim}", kind, o.latent_dim, None, o.epochs, o.arch), o, f"{kind}{o.latent_dim}")
+    recipe = _recipe_rows(o, classifier)
+    denoising = _denoising(o, main_part["models"]["ae"]["checkpoint"])
     result = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(o).items()},
               "classifier": read_info().metrics, "latent_2d": latents, "pair_rows": pair, **main_part,
-              "seconds": time.perf_counter() - started}
+              "recipe": recipe, "denoising": denoising, "seconds": time.perf_counter() - started}
     atomic_write_text(o.out / "metrics.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(o.out / "README.md", render_markdown(o, result))
     return result
@@ -294,6 +394,67 @@ def _pair_sentence(pair: dict[str, dict[str, Any]]) -> str:
     return text
 
 
+def _recipe_section(o: ReportOptions, r: dict[str, Any]) -> list[str]:
+    rows, m = r["recipe"]["rows"], r["recipe"]["model"]
+    best_name, best = max(rows.items(), key=lambda item: item[1]["validity"])
+    normal = next(v for k, v in rows.items() if "N(0, I)" in k)
+    seed_vae = r["rows"]["VAE · N(0, I) seeds"]
+    return [
+        f"## The measured recipe: {o.recipe_arch} VAE, latent {o.recipe_latent_dim}, augmented digits",
+        "",
+        (f"Trained as docs/report/TUNING.md found best: `--arch {o.recipe_arch} --latent-dim {o.recipe_latent_dim} "
+         f"--kl-weight {o.recipe_kl_weight} --lr-schedule {o.recipe_lr_schedule} --epochs {o.recipe_epochs}`, every "
+         "training image randomly shifted (±2 px), rotated (±10°) and scaled (±10 %). Its latent samplers are "
+         f"those the server offers: N(0, I), the fitted Gaussian, the {o.mixture_components}-component mixture "
+         f"and the learned RealNVP flow ({o.flow_epochs} epochs over the training latent means)."),
+        "",
+        *_table(rows),
+        "",
+        (f"- N(0, I) seeds: {normal['validity']:.1%} valid (the seed's MLP VAE above: {seed_vae['validity']:.1%}); "
+         f"the best sampler is {best_name.split(' · ')[1]} at {best['validity']:.1%}, IS {best['inception_score']:.2f}, "
+         f"FCD {best['fcd']:.1f}, coverage {best['coverage']:.3f}."),
+        (f"- Training took {m['train_seconds']:.0f} s ({m['epochs']} epochs, one thread), the flow "
+         f"{m['flow_seconds']:.0f} s; validation ELBO {m.get('val_elbo', float('nan')):.2f}."),
+        "",
+        "| N(0, I) | fitted Gaussian | mixture | flow |",
+        "|---|---|---|---|",
+        "| " + " | ".join(f"![]({v['figure']})" for v in rows.values()) + " |",
+        "",
+    ]
+
+
+def _denoising_section(o: ReportOptions, r: dict[str, Any]) -> list[str]:
+    rows = r["denoising"]
+    lines = [
+        "## Denoising",
+        "",
+        (f"AEs (MLP, latent {o.latent_dim}, {o.denoise_epochs} epochs) trained with `aegen-train --corrupt`: the "
+         "encoder sees the corrupted image, the loss compares with the clean one. PSNR (dB, higher is better) "
+         "against the clean validation images; the last column is the plain AE above reconstructing the same "
+         "corrupted inputs. The server's `Reconstruct` on such a model returns the denoised images."),
+        "",
+        "| corruption | corrupted | denoising AE | plain AE | grid (clean, corrupted, denoised) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for spec, m in rows.items():
+        lines.append(f"| {spec} | {m['psnr_corrupted']:.2f} | **{m['psnr_reconstructed']:.2f}** | "
+                     f"{m['psnr_plain_ae']:.2f} | [{m['figure']}]({m['figure']}) |")
+    lines += ["", "| " + " | ".join(f"![]({m['figure']})" for m in rows.values()) + " |",
+              "|" + "---|" * len(rows), ""]
+    return lines
+
+
+def _curves_section(o: ReportOptions, r: dict[str, Any]) -> list[str]:
+    curves = {f"AE latent {o.latent_dim}": r["models"]["ae"]["curves"],
+              f"VAE latent {o.latent_dim}": r["models"]["vae"]["curves"],
+              f"VAE {o.recipe_arch} {o.recipe_latent_dim} (recipe)": r["recipe"]["model"]["curves"],
+              **{f"denoising AE {spec}": m["curves"] for spec, m in r["denoising"].items()}}
+    lines = ["## Training curves (loss terms per epoch, training and validation)", ""]
+    for name, figure in curves.items():
+        lines += [f"**{name}**", "", f"![{name} training curves]({figure})", ""]
+    return lines
+
+
 def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
     c = r["classifier"]
     epochs_2d = o.epochs_2d or o.epochs
@@ -306,7 +467,10 @@ def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
         f"aegen-report --out {o.out} --epochs {o.epochs}" + (f" --epochs-2d {o.epochs_2d}" if o.epochs_2d else "")
         + (f" --limit {o.limit}" if o.limit else "") + f" --samples {o.samples} --arch {o.arch}"
         + f" --kl-weight {o.kl_weight}" + (f" --kl-warmup-epochs {o.kl_warmup_epochs}" if o.kl_warmup_epochs else "")
-        + f" --loss {o.loss}",
+        + f" --loss {o.loss} --recipe-arch {o.recipe_arch} --recipe-latent-dim {o.recipe_latent_dim}"
+        + f" --recipe-epochs {o.recipe_epochs} --recipe-kl-weight {o.recipe_kl_weight}"
+        + f" --recipe-lr-schedule {o.recipe_lr_schedule} --mixture-components {o.mixture_components}"
+        + f" --flow-epochs {o.flow_epochs} --denoise-epochs {o.denoise_epochs}",
         "```",
         "",
         f"- **Data:** the 10,000 embedded MNIST digits (training/assets), split 90/10 with seed {o.seed}; "
@@ -336,6 +500,7 @@ def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
         "",
         *_reading(o, r),
         "",
+        *_recipe_section(o, r),
         "## The latent space in two dimensions (digits 1 and 8)",
         "",
         "| AE | VAE |",
@@ -369,6 +534,8 @@ def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
         "sampled z per image and λ = 1. Pixels are grey levels, so the BCE-based ELBO is a score for "
         "comparing models, not a log-likelihood."),
         "",
+        *_denoising_section(o, r),
+        *_curves_section(o, r),
         "## The judge",
         "",
         (f"A small CNN with an 11th class \"not a digit\" (training/classifier.py, weights in training/assets): "
@@ -404,6 +571,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=env("threads"), help="torch CPU threads (env AEGEN_THREADS)")
+    p.add_argument("--recipe-arch", choices=("mlp", "conv", "resconv"), default=d.recipe_arch,
+                   help="body of the measured recipe's VAE")
+    p.add_argument("--recipe-latent-dim", type=int, default=d.recipe_latent_dim)
+    p.add_argument("--recipe-epochs", type=int, default=d.recipe_epochs)
+    p.add_argument("--recipe-kl-weight", type=float, default=d.recipe_kl_weight)
+    p.add_argument("--recipe-lr-schedule", choices=("constant", "cosine"), default=d.recipe_lr_schedule)
+    p.add_argument("--mixture-components", type=int, default=d.mixture_components)
+    p.add_argument("--flow-epochs", type=int, default=d.flow_epochs, help="epochs of the RealNVP latent sampler")
+    p.add_argument("--denoise-epochs", type=int, default=d.denoise_epochs, help="epochs of the denoising AEs")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     try:
