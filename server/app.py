@@ -30,6 +30,7 @@ from server.core.runner import Device, select_device
 from server.protocols.aegen_v1 import servicer as aegen_v1
 from server.protocols.grpc_listener import GrpcListener, StartError
 from server.protocols.oip import grpc_servicer as oip_grpc
+from server.protocols.oip.http import HttpListener
 from server.protocols.oip.models import OipModels
 from server.telemetry.gpu_memory import REFRESH_SECONDS, GpuMemoryGauges, gpu_memory_metrics
 from server.telemetry.logs import configure_logging
@@ -62,6 +63,7 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
 
     grpc_listener = GrpcListener(config, [add_aegen_v1, add_oip], reuse_port=worker is not None)
     await grpc_listener.start()
+    http_listener = None
     metrics_http = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,15 +73,21 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
     if worker is not None:
         background.append(loop.create_task(_stop_when_orphaned(worker, stop)))
     try:
+        if config.http.http_port:
+            http_listener = HttpListener(config, oip, metrics.calls("oip_http"), reuse_port=worker is not None)
+            await http_listener.start()
         if config.metrics.metrics_port and worker is None:
             metrics_http = _serve_metrics(metrics, config)
-        log.info("listening", extra={"port": config.grpc.port, "metrics_port": config.metrics.metrics_port,
+        log.info("listening", extra={"port": config.grpc.port, "http_port": config.http.http_port,
+                                     "metrics_port": config.metrics.metrics_port,
                                      "tls": config.grpc.tls, "device": device.name,
                                      "repository": core.repository})
         if not await _until_loaded(registry, stop):
             return 0
         background += _gpu_memory_metrics(device, metrics)
         await grpc_listener.set_serving()
+        if http_listener is not None:
+            http_listener.set_serving()
         log.info("ready", extra={"models": [f"{m.name}:{m.version}" for m in plane.models()]})
         if core.repository_poll_seconds > 0:
             background.append(loop.create_task(registry.poll_forever(core.repository_poll_seconds)))
@@ -87,13 +95,16 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
         log.info("shutting down", extra={"grace_seconds": config.process.grace_seconds})
         for task in background:
             task.cancel()
-        await grpc_listener.drain(config.process.grace_seconds)
+        grace = config.process.grace_seconds
+        await asyncio.gather(grpc_listener.drain(grace), *([http_listener.drain(grace)] if http_listener else []))
         log.info("stopped")
         return 0
     finally:
         for task in background:
             task.cancel()
         await grpc_listener.stop()
+        if http_listener is not None:
+            await http_listener.stop()
         await registry.close()
         if metrics_http is not None:
             metrics_http.shutdown()

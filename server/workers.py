@@ -67,6 +67,8 @@ class WorkerIdentity:
 async def run_workers(config: ServerConfig, argv: Sequence[str]) -> int:
     """Start config.workers workers with `argv`, supervise them; the exit code. Raises WorkersError."""
     _check_port_free(config.process.host, config.grpc.port)
+    if config.http.http_port:
+        _check_port_free(config.process.host, config.http.http_port)
     _check_repository(config)
     directory = tempfile.mkdtemp(prefix="aegen-metrics-")
     metrics_http = None
