@@ -253,9 +253,9 @@ def test_server_image_runs_aegen_serve_as_non_root_with_server_defaults(dockerfi
     config = ServerConfig.from_args([], environ=env)  # raises ConfigError on a name or value it rejects
     assert set(env) <= {variable for _, variable, _ in flag_table()}
     defaults = ServerConfig()
-    assert (config.grpc.port, config.metrics.metrics_port, config.core.repository) == (
-        defaults.grpc.port, defaults.metrics.metrics_port, defaults.core.repository)
-    assert f"EXPOSE {config.grpc.port} {config.metrics.metrics_port}" in text
+    assert (config.grpc.port, config.http.http_port, config.metrics.metrics_port, config.core.repository) == (
+        defaults.grpc.port, defaults.http.http_port, defaults.metrics.metrics_port, defaults.core.repository)
+    assert f"EXPOSE {config.grpc.port} {config.http.http_port} {config.metrics.metrics_port}" in text
 
 
 def locked(requirements: str) -> dict[str, str]:
@@ -385,7 +385,7 @@ def test_manifests_agree_with_the_server_configuration(rendered, overlay):
     assert "args" not in container and "command" not in container  # the image's aegen-serve, flags from env
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": config.grpc.port, "metrics": config.metrics.metrics_port}
+    assert ports == {"grpc": config.grpc.port, "http": config.http.http_port, "metrics": config.metrics.metrics_port}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(config.metrics.metrics_port)
     assert annotations["prometheus.io/path"] == "/metrics"
