@@ -1,57 +1,14 @@
-"""NVIDIA perf_analyzer for the tests: where `make tools` put it, and the environment it needs to start.
-
-The binary (.tools/bin/perf_analyzer, from the tritonclient 2.50.0 wheel) loads libcudart.so.12 even
-with no GPU; it comes from the nvidia-cuda-runtime-cu12 package in the project's venv, whose lib
-directory goes on LD_LIBRARY_PATH. Libb64 comes from Debian (`libb64-0d`).
-
-    argv, env = perf_analyzer_command()
-    subprocess.run([*argv, "-m", "digits-vae", "-i", "grpc", "-u", target], env=env, ...)
-
-or, in a test, the `perf_analyzer` fixture (it skips when the tool is not installed) and its `run(...)`.
-"""
+"""NVIDIA perf_analyzer for the tests: the `perf_analyzer` fixture (it skips when `make tools` has not
+installed the tool) and its `run(...)`; bench/perf_analyzer.py knows where the binary is and what it needs."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PERF_ANALYZER = ROOT / ".tools" / "bin" / "perf_analyzer"
-
-
-def cuda_runtime_lib_dir() -> Path | None:
-    """The lib directory of the installed nvidia-cuda-runtime-cu12 (holding libcudart.so.12), or None."""
-    try:
-        spec = importlib.util.find_spec("nvidia.cuda_runtime")
-    except ModuleNotFoundError:  # no `nvidia` namespace package at all
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        lib = Path(location) / "lib"
-        if (lib / "libcudart.so.12").exists():
-            return lib
-    return None
-
-
-def perf_analyzer_command(environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """(argv prefix, environment) to run perf_analyzer: the binary's path, and `environ` (default: this
-    process's) with the CUDA runtime's lib directory prepended to LD_LIBRARY_PATH.
-
-    Raises FileNotFoundError, naming what is missing, when `make tools` has not installed it."""
-    if not PERF_ANALYZER.exists():
-        raise FileNotFoundError(f"{PERF_ANALYZER.relative_to(ROOT)} is not installed (run `make tools`)")
-    lib = cuda_runtime_lib_dir()
-    if lib is None:
-        raise FileNotFoundError("nvidia-cuda-runtime-cu12 (libcudart.so.12) is not installed (run `make tools`)")
-    env = dict(os.environ if environ is None else environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p)
-    return [str(PERF_ANALYZER)], env
+from bench.perf_analyzer import perf_analyzer_command
 
 
 @dataclass(frozen=True)

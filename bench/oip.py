@@ -1,0 +1,128 @@
+"""Benchmark f: the Open Inference Protocol side against aegen.v1, and what per-seed latents cost.
+
+1. Seed → latent at n = 8192: drawing one Philox row per seed (server/core/samplers.py) against decoding the
+   same batch with the uint8 graph in this process (2 intra-op threads). Target: < 10 % of the decode.
+2. One server, N = 1024 samples per request, 4 in flight: aegen-loadtest over aegen.v1 against NVIDIA's
+   perf_analyzer over OIP gRPC and OIP HTTP (binary tensors), rounds alternating. Targets: OIP gRPC
+   >= 0.9x aegen.v1 samples/s; OIP HTTP >= 0.7x.
+
+    python -m bench.oip [--repository R --model M] [--duration 5] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bench.common import (
+    BenchError,
+    bench_model,
+    fmt,
+    load,
+    load_parser,
+    machine_details,
+    markdown_table,
+    serve_model,
+    write_result,
+)
+from bench.perf_analyzer import perf_analyzer_command
+from client.local import free_port
+from export.repository import load_version
+from server.core.samplers import draw
+
+N, IN_FLIGHT = 1024, 4
+
+
+def seed_cost(repository: Path, model: str, n: int = 8192, repeats: int = 15) -> dict[str, float]:
+    version = load_version(repository, model)
+    d = version.manifest.latent_dim
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(version.graph_path("decoder_uint8")), options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    seeds = np.random.default_rng(0).integers(0, 2**63, n, dtype=np.uint64)
+    rows = np.zeros(n, np.uint64)
+
+    def timed(call) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times) * 1000
+
+    latents = draw(None, "standard_normal", seeds, rows, d)
+    draw_ms = timed(lambda: draw(None, "standard_normal", seeds, rows, d))
+    per_row_ms = timed(lambda: [np.random.Generator(np.random.PCG64(int(s))).standard_normal(d) for s in seeds[:512]]
+                       ) * n / 512
+    decode_ms = timed(lambda: session.run(None, {name: latents}))
+    return {"draw_ms": draw_ms, "per_row_generators_ms": per_row_ms, "decode_ms": decode_ms}
+
+
+def perf_analyzer(protocol: str, url: str, model: str, duration: float) -> float:
+    """perf_analyzer's samples/s (its infer/sec counts every batch element) at N per request, 4 in flight."""
+    argv, env = perf_analyzer_command()
+    result = subprocess.run(
+        [*argv, "-m", model, "-i", protocol, "-u", url, "-b", str(N), "--concurrency-range", str(IN_FLIGHT),
+         "--measurement-interval", str(int(duration * 1000)), "--max-trials", "3", "--stability-percentage", "50"],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    found = re.search(r"Throughput: ([\d.]+) infer/sec", result.stdout)
+    if result.returncode != 0 or not found:
+        raise BenchError(f"perf_analyzer {protocol} failed (exit {result.returncode}):\n{result.stdout[-1500:]}"
+                         f"{result.stderr[-1500:]}")
+    return float(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = load_parser(__doc__, duration=5.0, warmup=1.0, rounds_help="rounds, alternating the three clients")
+    args = p.parse_args(argv)
+    try:
+        bench = bench_model(args.repository, args.model, args.checkpoint)
+        cost = seed_cost(bench.repository, bench.name)
+        print(f"seed→latent {cost}", file=sys.stderr)
+        results: dict[str, list[float]] = {"aegen.v1 (aegen-loadtest)": [], "OIP gRPC (perf_analyzer)": [],
+                                           "OIP HTTP (perf_analyzer)": []}
+        http_port = free_port()
+        with serve_model(bench.repository, ["--http-port", str(http_port), "--intra-op-threads", "2"]) as served:
+            for _ in range(args.rounds):
+                report = load(served.target, num_samples=N, concurrency=(IN_FLIGHT,), duration=args.duration,
+                              warmup=args.warmup, model=bench.name)
+                results["aegen.v1 (aegen-loadtest)"].append(report.levels[0].samples_per_s)
+                results["OIP gRPC (perf_analyzer)"].append(
+                    perf_analyzer("grpc", served.target, bench.name, args.duration))
+                results["OIP HTTP (perf_analyzer)"].append(
+                    perf_analyzer("http", f"127.0.0.1:{http_port}", bench.name, args.duration))
+    except BenchError as exc:
+        print(f"bench.oip: error: {exc}", file=sys.stderr)
+        return 2
+    base = max(results["aegen.v1 (aegen-loadtest)"])
+    rows = [[client, " / ".join(fmt(v) for v in values), fmt(max(values)), f"{max(values) / base:.2f}×"]
+            for client, values in results.items()]
+    share = cost["draw_ms"] / cost["decode_ms"]
+    body = "\n".join([
+        "## Seed → latent at n = 8192 (in process, latent 16)", "",
+        markdown_table(["step", "ms (median of 15)"], [
+            ["Philox rows, one per seed (the server's draw)", f"{cost['draw_ms']:.2f}"],
+            ["one numpy PCG64 generator per seed (for comparison)", f"{cost['per_row_generators_ms']:.1f}"],
+            ["uint8 decoder graph, 2 intra-op threads", f"{cost['decode_ms']:.2f}"]]), "",
+        f"Drawing is **{share:.1%}** of the decode (target < 10 %).", "",
+        f"## One server, N = {N} per request, {IN_FLIGHT} in flight ({args.rounds} rounds, alternating)", "",
+        markdown_table(["client and protocol", "samples/s per round", "best", "vs aegen.v1"], rows), "",
+        "Targets: OIP gRPC >= 0.9x aegen.v1, OIP HTTP >= 0.7x. Client and server share the machine's cores.",
+    ])
+    path = write_result("oip", "Benchmark f: the Open Inference Protocol against aegen.v1", body, machine_details(),
+                        args.out_dir)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
