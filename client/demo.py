@@ -1,5 +1,6 @@
-"""The serving half of `make demo`: start the server on a model repository, request samples over gRPC,
-write the grid PNG, print a metrics summary, stop the server.
+"""The serving half of `make demo`: start the server on a model repository, request samples over gRPC
+(aegen.v1, and the Open Inference Protocol over gRPC and HTTP), write the grid PNG, print a metrics
+summary, stop the server.
 
     python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import sample
@@ -43,6 +46,36 @@ async def _concurrent_requests(target: str, model: str, calls: int, n: int) -> N
         stub = pb_grpc.GeneratorServiceStub(channel)
         await asyncio.gather(*(stub.GenerateSamples(pb.GenerateSamplesRequest(
             model_name=model, num_samples=n, seed=i)) for i in range(calls)))
+
+
+def oip_requests(target: str, http_url: str, model: str, seeds: list[int]) -> list[str]:
+    """One Open Inference Protocol request over HTTP (plain JSON, as curl would send it) and one over gRPC
+    (inference.GRPCInferenceService), each asking for one sample per seed; both must equal aegen.v1's."""
+    from protos.inference import grpc_service_pb2 as oip
+    from protos.inference import grpc_service_pb2_grpc as oip_grpc
+
+    body = json.dumps({"id": "demo", "inputs": [{"name": "SEED", "datatype": "UINT64", "shape": [len(seeds), 1],
+                                                 "data": seeds}]}).encode()
+    request = urllib.request.Request(f"{http_url}/v2/models/{model}/infer", body,
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        reply = json.loads(r.read())
+    (images,) = [o for o in reply["outputs"] if o["name"] == "IMAGES"]
+    over_http = np.array(images["data"], np.uint8).reshape(images["shape"])
+    with grpc.insecure_channel(target) as channel:
+        answer = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip.ModelInferRequest(
+            model_name=model, inputs=[oip.ModelInferRequest.InferInputTensor(
+                name="SEED", datatype="UINT64", shape=[len(seeds), 1])],
+            raw_input_contents=[np.array(seeds, "<u8").tobytes()]), timeout=30)
+    shape = list(answer.outputs[0].shape)
+    over_grpc = np.frombuffer(answer.raw_output_contents[0], np.uint8).reshape(shape)
+    with AegenClient(target) as client:
+        alone = np.concatenate([client.generate(model, 1, seed=s).images for s in seeds])
+    if not (np.array_equal(over_http, alone) and np.array_equal(over_grpc, alone)):
+        raise DemoError(f"OIP rows for seeds {seeds} differ from aegen.v1's GenerateSamples(seed=s, 1)")
+    return [f"OIP over HTTP: POST {http_url}/v2/models/{model}/infer (JSON) → IMAGES {images['shape']}",
+            f"OIP over gRPC: inference.GRPCInferenceService/ModelInfer → IMAGES {shape}",
+            f"seeds {seeds}: the same bytes as aegen.v1 GenerateSamples(seed=s, num_samples=1)"]
 
 
 def metrics_summary(exposition: str) -> list[str]:
@@ -73,10 +106,10 @@ def metrics_summary(exposition: str) -> list[str]:
 
 
 def run(repository: Path, model: str | None, out: Path, device: str) -> None:
-    port, metrics_port = free_port(), free_port()
-    target = f"127.0.0.1:{port}"
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
+    target, http_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"
     cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", str(metrics_port), "--device", device,
+           "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", str(http_port), "--device", device,
            "--repository-poll-seconds", "0", "--log-level", "WARNING"]
     print(f"starting the server: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
@@ -91,6 +124,8 @@ def run(repository: Path, model: str | None, out: Path, device: str) -> None:
                                 "-o", str(grid)])
         if code != 0:
             raise DemoError(f"aegen-sample failed with exit code {code}")
+        for line in oip_requests(target, http_url, model, [7, 8, 9]):
+            print(line, flush=True)
         asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             for line in metrics_summary(r.read().decode()):
