@@ -185,7 +185,7 @@ def serve_model(repository: Path, extra: Sequence[str] = (), threads: int | None
     """Start `python -m server` on 127.0.0.1 with free ports, CPU only; stopped on leaving the block."""
     port, metrics_port = free_port(), free_port()
     argv = [PYTHON, "-m", "server", "--repository", str(repository), "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", str(metrics_port), "--device", "cpu",
+            "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", "0", "--device", "cpu",
             "--log-level", "WARNING", "--repository-poll-seconds", "0", *extra]
     env = {"OMP_NUM_THREADS": str(threads)} if threads else None
     return _process(argv, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", env,

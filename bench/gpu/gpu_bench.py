@@ -76,7 +76,7 @@ class Server:
         self.port, self.metrics_port = free_port(), free_port()
         self.log_path = log_dir / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "server", "--repository", str(repository), "--device", device,
-               "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+               "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port), "--http-port", "0",
                "--repository-poll-seconds", "0", "--log-level", "WARNING", *flags]
         self.cmd = cmd
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server process

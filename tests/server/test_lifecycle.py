@@ -142,7 +142,7 @@ def test_bad_configuration_is_one_line_on_stderr_and_exit_code_2(model_repositor
         ["--device", "gpu"],
         ["--workers", "0"],
         ["--device", "cpu", "--cuda-graphs"],
-        ["--repository", str(tmp_path / "missing"), "--port", "0", "--metrics-port", "0"],
+        ["--repository", str(tmp_path / "missing"), "--port", "0", "--metrics-port", "0", "--http-port", "0"],
     ]
     for flags in cases:
         result = subprocess.run([sys.executable, "-m", "server", "--repository", str(model_repository), *flags],

@@ -198,7 +198,8 @@ def test_workers_refuse_a_port_already_taken_with_one_line_and_exit_code_2(model
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "server", "--repository", str(model_repository), "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", str(free_port()), "--device", "cpu", "--workers", "2"],
+             "--port", str(port), "--metrics-port", str(free_port()), "--http-port", "0", "--device", "cpu",
+             "--workers", "2"],
             cwd=ROOT, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
