@@ -3,12 +3,13 @@
     aegen-serve --repository model-repository --port 50051 --metrics-port 9464
     python -m server --repository model-repository          # the same, from a checkout
 
-Start-up: the gRPC port opens at once with health NOT_SERVING, models load and warm up, then health turns
-SERVING. SIGTERM (or SIGINT): health NOT_SERVING, health Watch streams end, no new calls, in-flight calls
-get --grace-seconds to finish, then the core's batchers drain and the metrics listener stops; exit 0. Bad
-configuration, an unusable device or a repository with nothing loadable: one line on stderr, exit 2. With
---workers N > 1 this process supervises N such servers sharing the port (server/workers.py); each of them
-runs `serve` as a worker.
+Start-up: the gRPC port and the HTTP/REST port (--http-port, the Open Inference Protocol) open at once with
+health NOT_SERVING and /v2/health/ready 503, models load and warm up, then both say ready. SIGTERM (or
+SIGINT): both listeners drain together (health NOT_SERVING, health Watch streams end, readiness 503, no new
+calls or connections, in-flight calls get --grace-seconds to finish), then the core's batchers drain and the
+metrics listener stops; exit 0. Bad configuration, an unusable device or a repository with nothing
+loadable: one line on stderr, exit 2. With --workers N > 1 this process supervises N such servers sharing
+the ports (server/workers.py); each of them runs `serve` as a worker.
 """
 
 from __future__ import annotations
