@@ -34,6 +34,7 @@ from training.augment import Corruption, random_affine
 from training.checkpoint import CheckpointConfig, CheckpointError, ModelConfig
 from training.curves import CURVES_FILE, plot_curves
 from training.data import DATASETS, DataError, Split, filter_classes, load_dataset, train_val_split
+from training.latent_sampler import FlowError, FlowOptions, fit_checkpoint_flow
 from training.losses import LOSSES, kl_divergence, kl_weight_at, objective, reconstruction_loss
 from training.models import AutoEncoder, build_model
 
@@ -421,9 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         out = train(options)
         config = ckpt.read_config(out)
         if latent_flow:
-            from training.latent_sampler import FlowOptions, fit_checkpoint_flow
             fit_checkpoint_flow(out, FlowOptions(threads=options.threads))
-    except (TrainError, DataError, CheckpointError) as exc:
+    except (TrainError, DataError, CheckpointError, FlowError) as exc:
         return fail("aegen-train", exc)
     except KeyboardInterrupt:
         sys.stderr.write(f"aegen-train: interrupted; the last finished epoch is saved in {options.out}\n")
