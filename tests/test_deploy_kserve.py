@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from server.config import ServerConfig, flag_table
+from tests.test_deploy import run, tool  # one copy of the deploy tests' tool runner
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
@@ -30,22 +28,6 @@ CUSTOM_KINDS = {"ServingRuntime", "InferenceService"}
 KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
 # Where KServe mounts an InferenceService's storageUri in the predictor container.
 KSERVE_MODEL_MOUNT = "/mnt/models"
-
-
-def tool(name: str) -> str:
-    """A command-line tool: the project's venvs first, then PATH. Skips the test if absent."""
-    for candidate in ([CHECKOV] if name == "checkov" else [BIN / name]):
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (run `make tools`)")
-    return found
-
-
-def run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
 
 
 @pytest.fixture(scope="module")
