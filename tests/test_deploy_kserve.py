@@ -21,8 +21,6 @@ from tests.test_deploy import run, tool  # one copy of the deploy tests' tool ru
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
-BIN = ROOT / ".venv" / "bin"
-CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
 CUSTOM_KINDS = {"ServingRuntime", "InferenceService"}
 # What KServe accepts in spec.protocolVersions / spec.predictor.model.protocolVersion.
 KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
