@@ -18,7 +18,9 @@ A version is written into a hidden temporary directory (`.writing-*`) inside `<m
 to its integer name only when complete, so a reader never sees half a version; names starting with "." are
 never versions. The loader checks the manifest against its schema and every file against its SHA-256.
 
-This module is imported by the server: it must stay torch-free and onnx-free (stdlib + numpy only).
+This module is imported by the server: it must stay torch-free and onnx-free (stdlib + numpy only). It is
+longer than most because it is the whole contract in one place: the schema, its checks, the atomic writer
+and the verifying reader change together, and splitting them would let a writer and a reader drift apart.
 """
 
 from __future__ import annotations
