@@ -7,6 +7,7 @@ symbols as protos/inference and one process cannot hold both (see tests/test_pro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -16,6 +17,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from client.client import AegenClient
 from client.local import free_port
+from server.core.errors import DeadlineExceeded, ModelNotFound, QueueFull, ShuttingDown
 from tests.plugins.server import promtool_check_metrics, wait_until
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (the dev extra)")
@@ -423,3 +426,86 @@ def test_perf_analyzer_drives_the_http_side_without_errors(mode, perf_analyzer, 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Throughput:" in result.stdout
     assert not re.search(r"(?i)error|failed", result.stdout + result.stderr), result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------- the listener alone, over a stub core
+
+
+class StubOip:
+    """Just what the endpoints call, every model lookup raising `error`; the plane is always ready."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.plane = SimpleNamespace(ready=lambda: True)
+
+    def label(self, name: str) -> str:
+        return ""
+
+    def view(self, name: str, version: str = ""):
+        raise self.error
+
+    metadata = config = view
+
+
+class RecordedCalls:
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, str, str]] = []
+        self.in_flight = 0
+
+    def call_started(self) -> None:
+        self.in_flight += 1
+
+    def call_finished(self, method: str, model: str, code: str, seconds: float) -> None:
+        self.in_flight -= 1
+        self.finished.append((method, model, code))
+
+
+def with_listener(error: BaseException, scenario, **settings):
+    """Run `scenario(listener, server)` (blocking HTTP calls, on a thread) against an in-process listener."""
+    from server.config import ServerConfig
+    from server.protocols.oip.http import HttpListener
+
+    config = ServerConfig.of(host="127.0.0.1", http_port=free_port(), **settings)
+    calls = RecordedCalls()
+
+    async def run():
+        listener = HttpListener(config, StubOip(error), calls, reuse_port=False)
+        await listener.start()
+        try:
+            await asyncio.to_thread(scenario, listener, SimpleNamespace(http_url=f"http://127.0.0.1:{config.http.http_port}"))
+        finally:
+            await listener.drain(1)
+            await listener.stop()
+
+    asyncio.run(run())
+    return calls
+
+
+@pytest.mark.parametrize("error, status, retry", [
+    (QueueFull("the queue of digits-vae version 1 is full"), 429, "1"),
+    (ShuttingDown("digits-vae version 1 was retired"), 503, "1"),
+    (DeadlineExceeded("the deadline passed after 5 ms in the queue"), 504, None),
+    (RuntimeError("a bug"), 500, None),
+])
+def test_each_core_error_has_its_status_and_an_unexpected_one_is_500_without_details(error, status, retry, caplog):
+    answers = []
+    calls = with_listener(error, lambda _, server: answers.append(request(server, "GET", f"/v2/models/{MODEL}")))
+    ((got, headers, body),) = answers
+    assert (got, headers.get("retry-after")) == (status, retry)
+    message = json.loads(body)["error"]
+    if status == 500:
+        assert message == "internal error; the server log has the details" and "a bug" not in message
+        assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+    else:
+        assert message == str(error)
+    assert calls.finished == [("ModelMetadata", "", str(status))] and calls.in_flight == 0
+
+
+def test_readiness_is_503_until_set_serving_and_again_once_draining():
+    def scenario(listener, server):
+        assert request(server, "GET", "/v2/health/ready")[0] == 503
+        assert request(server, "GET", "/v2/health/live")[0] == 200
+        listener.set_serving()
+        assert request(server, "GET", "/v2/health/ready")[0] == 200
+
+    with_listener(ModelNotFound("none"), scenario)
