@@ -48,6 +48,7 @@ from server.protocols.oip.models import OipModels
 
 log = logging.getLogger("aegen.server.http")
 
+_JOIN_AT_MOST = 1 << 20  # bytes of one response joined into one write
 _KEEP_ALIVE_SECONDS = 75  # longer than clients' usual idle pools, so the server is not the one that hangs up
 
 
@@ -191,11 +192,12 @@ class _OneWrite:
         self._pending.append(data)
 
     def flush(self) -> None:
-        if not self._pending:
+        pending, self._pending = self._pending, []
+        if not pending or self._transport.is_closing():
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        if not self._transport.is_closing():
+        if len(pending) > 1 and sum(map(len, pending)) <= _JOIN_AT_MOST:
+            pending = [b"".join(pending)]
+        for data in pending:  # a large body fills whole segments anyway: not worth copying
             self._transport.write(data)
 
     def close(self) -> None:
