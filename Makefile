@@ -61,7 +61,8 @@ test: tools
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q tests
 
 # The whole pipeline on the embedded digits: train (or reuse runs/demo-vae), export (or reuse the version
-# exported from the same weights), serve, request samples over gRPC, print a metrics summary, stop.
+# exported from the same weights), serve, request samples over aegen.v1 and the Open Inference Protocol
+# (gRPC and HTTP), print a metrics summary, stop.
 demo: venv
 	$(BIN)/python -m training.demo
 	$(BIN)/aegen-export runs/demo-vae --repository model-repository --name digits-vae --fp16 --if-changed --figures demo-out
@@ -79,7 +80,7 @@ bench: venv
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 lint: tools
-	$(BIN)/ruff check training export server protos tests bench
+	$(BIN)/ruff check training export server protos client tests bench
 	cd protos && ../$(BUF) lint
 
 clean:
