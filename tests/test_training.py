@@ -156,7 +156,8 @@ def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Pa
     out = capsys.readouterr().out
     assert "training a VAE" in out and "fitting the learned latent sampler" in out
     assert (tmp_path / "run" / "latent_flow.safetensors").is_file()
-    assert ckpt.read_config(tmp_path / "run").model.arch == "conv" and ckpt.read_config(tmp_path / "run").augment
+    assert ckpt.read_config(tmp_path / "run").model.arch == "conv"
+    assert ckpt.read_config(tmp_path / "run").model.latent_dim == 8
     run(config)
     out = capsys.readouterr().out
     assert "reusing the trained VAE" in out and "fitting" not in out
