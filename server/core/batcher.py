@@ -4,9 +4,10 @@ Requests wait in a bounded queue, one FIFO per output dtype. The batcher takes u
 samples, waiting at most `max_queue_delay_us` after the oldest request arrived for others to join. With
 the default delay of 0 a batch is whatever queued while the previous batch was decoding: no request waits
 for company it may never get, and under load batches still grow by themselves. A request larger than a
-batch is split across consecutive batches. Each request brings its own latents
-(drawn from its own generator, so its samples do not depend on its neighbours); they are drawn on the
-inference thread when the request's first rows are batched. Decoding runs on one thread per batcher, so
+batch is split across consecutive batches. Each request brings its own latents, or the (seed, row) pairs to
+draw them from (`SeededRows`: each row's latents depend on its seed and index only, never on its
+neighbours); they are drawn on the inference thread when the request's first rows are batched, with one
+draw per sampler for all the requests of a batch. Decoding runs on one thread per batcher, so
 the event loop only moves bookkeeping.
 
 Cancelled requests and requests whose deadline passed are dropped before decoding.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -58,6 +59,21 @@ class _NullObserver:
 
 
 @dataclass(frozen=True)
+class SeededRows:
+    """Latents still to be drawn: rows `rows` of seeds `seeds` ((n,) uint64 each) from the sampler named by
+    `key` (e.g. (sampler, temperature)). The batcher draws every such request of a batch with one call of
+    its `draw` function per key, on the inference thread: per-call overhead is paid per batch, not per request."""
+
+    key: Hashable
+    seeds: np.ndarray
+    rows: np.ndarray
+
+
+LatentSource = Callable[[], np.ndarray] | SeededRows
+DrawFunction = Callable[[Hashable, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
 class Decoded:
     images: np.ndarray  # (n, *image_shape), the decoder's dtype; may be a view of its merged batch's output
     latents: np.ndarray  # (n, latent_dim) float32
@@ -66,7 +82,7 @@ class Decoded:
 @dataclass(eq=False)
 class _Job:
     n: int
-    make_latents: Callable[[], np.ndarray]
+    source: LatentSource
     dtype: np.dtype
     future: asyncio.Future
     deadline: float | None  # time.monotonic()
@@ -90,12 +106,14 @@ class Batcher:
     """Queue, merge and decode requests for one model version. Use `submit`; `start` and `close` bracket it."""
 
     def __init__(self, decoders: dict[str, Decoder], config: BatcherConfig,
-                 observer: BatchObserver | None = None, name: str = "model") -> None:
+                 observer: BatchObserver | None = None, name: str = "model", draw: DrawFunction | None = None
+                 ) -> None:
         if not decoders:
             raise ValueError("a batcher needs at least one decoder")
         self.decoders = decoders
         self.config = config
         self.observer = observer or _NullObserver()
+        self.draw = draw  # for SeededRows sources
         first = next(iter(decoders.values()))
         self.latent_dim = first.latent_dim
         self.image_shape = tuple(first.image_shape)
@@ -124,7 +142,7 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    def submit(self, n: int, make_latents: Callable[[], np.ndarray], dtype: str,
+    def submit(self, n: int, source: LatentSource, dtype: str,
                deadline: float | None = None) -> asyncio.Future:
         """Queue a request of `n` samples; the future resolves to Decoded. Raises QueueFull at once."""
         if self._closing:
@@ -135,7 +153,9 @@ class Batcher:
             raise QueueFull(f"queue full: {self.queued_samples} samples waiting, limit "
                             f"{self.config.max_queue_samples}; retry later")
         loop = asyncio.get_running_loop()
-        job = _Job(n, make_latents, self.decoders[dtype].dtype, loop.create_future(), deadline,
+        if isinstance(source, SeededRows) and self.draw is None:
+            raise ValueError("this batcher has no draw function for SeededRows")
+        job = _Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline,
                    time.monotonic())
         was_idle = not any(self._queued.values())
         self._queues[dtype].append(job)
@@ -235,6 +255,7 @@ class Batcher:
     # ------------------------------------------------------------------------- on the inference thread
 
     def _decode(self, batch: _Batch) -> None:
+        self._draw_seeded([job for job, _, _ in batch.pieces])
         pieces = [p for p in batch.pieces if self._ensure_latents(p[0])]
         if not pieces:
             return
@@ -275,13 +296,37 @@ class Batcher:
             job.images = np.empty((job.n, *self.image_shape), job.dtype)
         return job.images[first:first + count]
 
+    def _draw_seeded(self, jobs: list[_Job]) -> None:
+        """One draw per sampler key for every job of the batch that still needs its seeded latents."""
+        groups: dict[Hashable, list[_Job]] = {}
+        for job in jobs:
+            if job.latents is None and job.error is None and isinstance(job.source, SeededRows):
+                groups.setdefault(job.source.key, []).append(job)
+        for key, members in groups.items():
+            seeds = np.concatenate([job.source.seeds for job in members])
+            rows = np.concatenate([job.source.rows for job in members])
+            try:
+                latents = np.ascontiguousarray(self.draw(key, seeds, rows), dtype=np.float32)
+            except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
+                for job in members:
+                    job.error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
+                continue
+            if latents.shape != (len(seeds), self.latent_dim):
+                for job in members:
+                    job.error = RuntimeError(f"draw gave shape {latents.shape}, expected {(len(seeds), self.latent_dim)}")
+                continue
+            start = 0
+            for job in members:
+                job.latents = latents[start:start + job.n]
+                start += job.n
+
     def _ensure_latents(self, job: _Job) -> bool:
         if job.error is not None:
             return False
         if job.latents is not None:
             return True
         try:
-            latents = np.ascontiguousarray(job.make_latents(), dtype=np.float32)
+            latents = np.ascontiguousarray(job.source(), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
             job.error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
             return False

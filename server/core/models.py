@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +27,7 @@ from export.repository import (
     load_version,
 )
 from server.core import samplers as latent_samplers
-from server.core.batcher import Batcher, BatchObserver, Decoded
+from server.core.batcher import Batcher, BatchObserver, Decoded, LatentSource, SeededRows
 from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from server.core.runner import DecoderRunner, Device, GraphRunner
 from server.core.settings import MAX_IMAGE_ELEMENTS, CoreSettings
@@ -129,22 +128,22 @@ class LoadedModel:
 
     def generate(self, seeds: np.ndarray, rows: np.ndarray, sampler: str, temperature: float, dtype: str,
                  deadline: float | None = None) -> asyncio.Future:
-        """Queue one sample per (seed, row) pair (samplers.py); resolves to batcher.Decoded."""
-        n = len(seeds)
-        self.check_count(n)
+        """Queue one sample per (seed, row) pair (samplers.py); resolves to batcher.Decoded. The latents are
+        drawn on the inference thread, for all the requests of a batch at once (`draw`)."""
+        self.check_count(len(seeds))
         self.check_sampling(sampler, temperature)
-        latent_dim = self.manifest.latent_dim
+        return self.submit_latents(len(seeds), SeededRows((sampler, temperature), seeds, rows), dtype, deadline)
 
-        def make_latents() -> np.ndarray:  # on the inference thread: 65,536 rows should not hold up the loop
-            return latent_samplers.draw(self.samplers, sampler, seeds, rows, latent_dim, temperature)
+    def draw(self, key: tuple[str, float], seeds: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The batcher's draw function: latents of (seed, row) pairs for the sampler key (sampler, temperature)."""
+        sampler, temperature = key
+        return latent_samplers.draw(self.samplers, sampler, seeds, rows, self.manifest.latent_dim, temperature)
 
-        return self.submit_latents(n, make_latents, dtype, deadline)
-
-    def submit_latents(self, n: int, make_latents: Callable[[], np.ndarray], dtype: str,
+    def submit_latents(self, n: int, source: LatentSource, dtype: str,
                        deadline: float | None = None) -> asyncio.Future:
         if self.batcher is None:
             raise ModelNotFound(f"model {self.name} version {self.number} is not serving")
-        return self.batcher.submit(n, make_latents, dtype, deadline)
+        return self.batcher.submit(n, source, dtype, deadline)
 
     def check_sampling(self, sampler: str, temperature: float) -> None:
         latent_samplers.check_sampling(self.manifest.samplers, sampler, temperature,

@@ -183,7 +183,7 @@ class ModelRegistry:
         telemetry = self.observer.batch_observer(model.name, model.device)
         model.batcher = Batcher(model.decoders, self.config.batching,
                                 model.stats if telemetry is None else BothObservers(telemetry, model.stats),
-                                name=f"{model.name}-{model.number}")
+                                name=f"{model.name}-{model.number}", draw=model.draw)
         model.batcher.start()
         versions = self._served.setdefault(model.name, {})
         newest_before = max(versions) if versions else None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.repository import load_version
-from server.core.batcher import Batcher
+from server.core.batcher import Batcher, SeededRows
 from server.core.errors import DeadlineExceeded, QueueFull
 from server.core.runner import DecoderRunner, Device
 from server.core.samplers import draw, seed_rows
@@ -48,10 +48,11 @@ def _latents(version, seed: int, n: int):
     return lambda: draw(None, "standard_normal", *seed_rows(seed, 0, n), version.manifest.latent_dim)
 
 
-def _run(decoders, body, **config):
+def _run(decoders, body, draw_function=None, **config):
     async def main():
         recorder = Recorder()
-        batcher = Batcher(decoders, BatcherConfig(**{"max_batch_size": 64, **config}), recorder)
+        batcher = Batcher(decoders, BatcherConfig(**{"max_batch_size": 64, **config}), recorder,
+                          draw=draw_function)
         batcher.start()
         try:
             return await body(batcher), recorder
@@ -76,6 +77,31 @@ def test_same_seed_same_samples_when_batched(vae):
     batched, recorder = _run(decoders, crowded, max_queue_delay_us=200_000)
     assert batched.tobytes() == reference.tobytes()
     assert len(recorder.batches) < 5  # they really were merged
+
+
+def test_seeded_requests_of_one_batch_are_drawn_in_one_call_per_sampler(vae):
+    """SeededRows: the batcher draws every seeded request of a batch at once, per sampler key, and each
+    request still gets exactly its own rows."""
+    version, decoders = vae
+    d = version.manifest.latent_dim
+    calls = []
+
+    def draw_rows(key, seeds, rows):
+        calls.append((key, len(seeds)))
+        return draw(None, "standard_normal", seeds, rows, d, key[1])
+
+    requests = [(1, 7, 1.0), (2, 30, 0.5), (9, 20, 1.0), (4, 1, 0.5)]  # (seed, n, temperature)
+
+    async def crowded(batcher):
+        futures = [batcher.submit(n, SeededRows(("standard_normal", t), *seed_rows(seed, 0, n)), "float32")
+                   for seed, n, t in requests]
+        return [r.latents for r in await asyncio.gather(*futures)]
+
+    latents, recorder = _run(decoders, crowded, draw_rows, max_queue_delay_us=200_000)
+    assert recorder.batches == [58]
+    assert sorted(calls) == [(("standard_normal", 0.5), 31), (("standard_normal", 1.0), 27)]
+    for (seed, n, t), got in zip(requests, latents):
+        np.testing.assert_array_equal(got, draw(None, "standard_normal", *seed_rows(seed, 0, n), d, t))
 
 
 def test_request_larger_than_a_batch_is_split_and_reassembled(vae):
