@@ -133,6 +133,16 @@ class DataPlane:
         self.registry.observer.samples_generated(model.name, len(seeds))
         return Generated(_info(model), decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
 
+    async def latents_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
+                               sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0) -> np.ndarray:
+        """The latents generate_per_seed would decode, without decoding them (on a worker thread)."""
+        model = self.registry.resolve(name, version)
+        seeds = np.ascontiguousarray(seeds, np.uint64).reshape(-1)
+        model.check_count(len(seeds))
+        model.check_sampling(sampler, temperature)
+        with model.stats.request():
+            return await asyncio.to_thread(model.draw, (sampler, temperature), seeds, np.zeros(len(seeds), np.uint64))
+
     async def stream(self, name: str, version: int | None, n: int, *, chunk: int = 0, seed: int | None = None,
                      sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0, dtype: str = DEFAULT_DTYPE,
                      deadline: float | None = None) -> AsyncIterator[Generated]:

@@ -245,3 +245,18 @@ def test_perf_analyzer_random_inputs_also_work(aegen_server, perf_analyzer):
                                "--measurement-request-count", "20", "-s", "1000", "--max-trials", "3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert np.isfinite(float(result.stdout.split("Throughput:")[1].split()[0]))
+
+
+def test_latents_alone_are_drawn_without_decoding_anything(aegen_server, aegen):
+    out = _triton(aegen_server.target, """
+        def decoded():
+            return int(c.get_inference_statistics("digits-vae", as_json=True)["model_stats"][0]
+                       .get("inference_count", 0))
+        before = decoded()
+        r = c.infer("digits-vae", [seeds([21, 22])], outputs=[g.InferRequestedOutput("LATENTS")])
+        out["latents"] = r.as_numpy("LATENTS").tobytes().hex()
+        out["decoded"] = decoded() - before
+    """)
+    assert out["decoded"] == 0
+    expected = b"".join(aegen.generate(VAE, 1, seed=s, return_latents=True).latents.tobytes() for s in (21, 22))
+    assert bytes.fromhex(out["latents"]) == expected

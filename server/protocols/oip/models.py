@@ -19,6 +19,7 @@ and the HTTP endpoints only decode, call `OipModels`, and encode.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import math
 from collections.abc import Mapping, Sequence
@@ -210,24 +211,26 @@ class OipModels:
                 results[LOG_VARIANCE] = encoded.log_variance
         elif view.role == DECODER:
             latents = inputs[LATENTS]
-            for output, dtype in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")):
-                if output in wanted:
-                    decoded = await self.plane.decode(base, number, latents, dtype=dtype, deadline=deadline)
-                    results[output] = decoded.images
+            asked = [(o, d) for o, d in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")) if o in wanted]
+            decoded = await asyncio.gather(*(self.plane.decode(base, number, latents, dtype=d, deadline=deadline)
+                                             for _, d in asked))
+            results.update((o, r.images) for (o, _), r in zip(asked, decoded))
         else:
             seeds = inputs[SEED].reshape(-1)
             if inputs[SEED].ndim != 2 or inputs[SEED].shape[1] != 1:
                 raise InvalidRequest(f"input SEED must have shape [n, 1], got {list(inputs[SEED].shape)}")
             sampler = _sampler(parameters)
             temperature = _temperature(inputs.get(TEMPERATURE))
-            images_wanted = [(o, d) for o, d in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")) if o in wanted]
-            for output, dtype in images_wanted or [(None, "uint8")]:
-                generated = await self.plane.generate_per_seed(base, number, seeds, sampler=sampler,
-                                                               temperature=temperature, dtype=dtype,
-                                                               deadline=deadline)
-                if output is not None:
-                    results[output] = generated.images
-                results[LATENTS] = generated.latents
+            asked = [(o, d) for o, d in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")) if o in wanted]
+            if not asked:  # LATENTS alone: drawn, nothing decoded
+                results[LATENTS] = await self.plane.latents_per_seed(base, number, seeds, sampler=sampler,
+                                                                     temperature=temperature)
+            # Both image outputs: two decodes (the uint8 graph's bytes are aegen.v1's), queued together.
+            generated = await asyncio.gather(*(self.plane.generate_per_seed(
+                base, number, seeds, sampler=sampler, temperature=temperature, dtype=d, deadline=deadline)
+                for _, d in asked))
+            for (output, _), result in zip(asked, generated):
+                results[output], results[LATENTS] = result.images, result.latents
         return InferResult(view, [(output, results[output]) for output in wanted])
 
 
