@@ -51,13 +51,36 @@ def philox4x32(counter: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     return c0, c1, c2, c3
 
 
-def uniforms(seeds: np.ndarray, rows: np.ndarray, blocks: int) -> np.ndarray:
-    """(n, 4·blocks) float64 uniforms in (0, 1), 32 bits each: row i's from key seeds[i], counter rows[i]."""
+def _block_words_scalar(seed: int, row: int, block: int) -> tuple[int, int, int, int]:
+    """The same Philox4x32-10 block in plain Python integers (exact): cheaper than numpy for a few blocks."""
+    m0, m1, w0, w1, low = int(M0), int(M1), int(W0), int(W1), int(_LOW)
+    c0, c1, c2, c3 = row & low, row >> 32, block, 0
+    k0, k1 = seed & low, seed >> 32
+    for i in range(ROUNDS):
+        if i:
+            k0, k1 = (k0 + w0) & low, (k1 + w1) & low
+        p0, p1 = m0 * c0, m1 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & low, (p0 >> 32) ^ c3 ^ k1, p0 & low
+    return c0, c1, c2, c3
+
+
+_SCALAR_BLOCKS = 32  # up to this many blocks in a call, Python integers beat numpy's per-call overhead
+
+
+def uniforms(seeds: np.ndarray, rows: np.ndarray, blocks: int, first_block: int = 0) -> np.ndarray:
+    """(n, 4·blocks) float64 uniforms in (0, 1), 32 bits each, from blocks first_block.. of each row: row i's
+    from key seeds[i], counter rows[i]."""
     seeds = np.asarray(seeds, np.uint64).reshape(-1, 1)
     rows = np.asarray(rows, np.uint64).reshape(-1, 1)
-    block = np.arange(blocks, dtype=np.uint64).reshape(1, -1)
-    words = philox4x32((rows & _LOW, rows >> _32, block, np.zeros((1, 1), np.uint64)), (seeds & _LOW, seeds >> _32))
-    out = np.stack(words, axis=-1).astype(np.float64)  # (n, blocks, 4)
+    if seeds.shape[0] * blocks <= _SCALAR_BLOCKS:
+        words = np.array([[_block_words_scalar(int(seed), int(row), first_block + b) for b in range(blocks)]
+                          for seed, row in zip(seeds[:, 0], rows[:, 0])], np.float64).reshape(-1, blocks, 4)
+        out = words
+    else:
+        block = np.arange(first_block, first_block + blocks, dtype=np.uint64).reshape(1, -1)
+        words = philox4x32((rows & _LOW, rows >> _32, block, np.zeros((1, 1), np.uint64)),
+                           (seeds & _LOW, seeds >> _32))
+        out = np.stack(words, axis=-1).astype(np.float64)  # (n, blocks, 4)
     out += 0.5
     out *= 2.0**-32  # (w + ½) / 2³²: never 0 or 1
     return out.reshape(seeds.shape[0], 4 * blocks)
@@ -66,7 +89,7 @@ def uniforms(seeds: np.ndarray, rows: np.ndarray, blocks: int) -> np.ndarray:
 def normals(seeds: np.ndarray, rows: np.ndarray, d: int, first_block: int = 1) -> np.ndarray:
     """(n, d) float64 standard normals per (seed, row), by Box–Muller over blocks first_block.. of the row."""
     blocks = (d + 3) // 4
-    u = uniforms(seeds, rows, first_block + blocks)[:, 4 * first_block:]
+    u = uniforms(seeds, rows, blocks, first_block)
     radius = np.sqrt(-2.0 * np.log(u[:, 0::2]))
     angle = 2.0 * np.pi * u[:, 1::2]
     z = np.empty(u.shape)

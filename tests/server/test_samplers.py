@@ -84,3 +84,14 @@ def test_standard_normal_needs_no_fitted_samplers_but_the_others_do() -> None:
 def test_bad_sampling_requests_are_invalid_requests(sampler, temperature, message) -> None:
     with pytest.raises(InvalidRequest, match=message):
         check_sampling(("standard_normal", "gaussian", "mixture"), sampler, temperature, "model m version 1")
+
+
+def test_the_scalar_path_for_a_few_rows_gives_the_vectorised_bytes() -> None:
+    rng = np.random.default_rng(1)
+    seeds = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64, endpoint=True)
+    rows = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64, endpoint=True)
+    together = philox.uniforms(seeds, rows, 5, first_block=1)  # 200 blocks: numpy
+    one_by_one = np.concatenate([philox.uniforms(seeds[i:i + 1], rows[i:i + 1], 5, first_block=1)
+                                 for i in range(40)])  # 5 blocks each: Python integers
+    assert together.shape == (40, 20)
+    np.testing.assert_array_equal(together, one_by_one)
