@@ -20,6 +20,9 @@ from typing import Protocol
 import numpy as np
 
 from export.repository import (
+    LATENT_FLOW_INPUT,
+    LATENT_FLOW_OUTPUT,
+    LEARNED_SAMPLERS,
     LatentSamplers,
     Manifest,
     ModelVersion,
@@ -81,7 +84,13 @@ class ModelInfo:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return tuple(self.manifest.samplers)
+        """The samplers this version offers: the manifest's fitted ones, and a learned one per graph it has."""
+        return offered_samplers(self.manifest)
+
+
+def offered_samplers(manifest: Manifest) -> tuple[str, ...]:
+    learned = tuple(name for name, graph in LEARNED_SAMPLERS.items() if graph in manifest.graphs)
+    return (*manifest.samplers, *learned)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class LoadedModel:
     encoder: GraphRunner
     decoders: dict[str, DecoderRunner]  # by output dtype: "uint8", "float32"
     max_samples: int
+    flow: GraphRunner | None = None  # the learned sampler's graph (noise → latent), when the version has one
     batcher: Batcher | None = field(default=None)
     stats: VersionStats = field(default_factory=VersionStats)
 
@@ -137,7 +147,11 @@ class LoadedModel:
     def draw(self, key: tuple[str, float], seeds: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The batcher's draw function: latents of (seed, row) pairs for the sampler key (sampler, temperature)."""
         sampler, temperature = key
-        return latent_samplers.draw(self.samplers, sampler, seeds, rows, self.manifest.latent_dim, temperature)
+        return latent_samplers.draw(self.samplers, sampler, seeds, rows, self.manifest.latent_dim, temperature,
+                                    flow=self._run_flow)
+
+    def _run_flow(self, noise: np.ndarray) -> np.ndarray:
+        return self.flow.run({LATENT_FLOW_INPUT: noise})[LATENT_FLOW_OUTPUT]
 
     def submit_latents(self, n: int, source: LatentSource, dtype: str,
                        deadline: float | None = None) -> asyncio.Future:
@@ -146,7 +160,7 @@ class LoadedModel:
         return self.batcher.submit(n, source, dtype, deadline)
 
     def check_sampling(self, sampler: str, temperature: float) -> None:
-        latent_samplers.check_sampling(self.manifest.samplers, sampler, temperature,
+        latent_samplers.check_sampling(offered_samplers(self.manifest), sampler, temperature,
                                        f"model {self.name} version {self.number}")
 
     def check_images(self, shape: tuple[int, ...], dtype: str, data: bytes) -> np.ndarray:
@@ -190,6 +204,8 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
         raise ModelLoadError(f"{model_version.path}: images of {list(manifest.image_shape)} exceed the "
                              f"{MAX_IMAGE_ELEMENTS} pixels the message size limit is sized for")
     encoder = GraphRunner(model_version.graph_path("encoder"), device)
+    flow_graph = LEARNED_SAMPLERS["flow"]
+    flow = GraphRunner(model_version.graph_path(flow_graph), device) if flow_graph in manifest.graphs else None
     decoders = {
         dtype: DecoderRunner(model_version.graph_path(key), device, manifest.latent_dim,
                              tuple(manifest.image_shape), np.dtype(dtype), config.max_batch_size)
@@ -199,9 +215,11 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
         for decoder in decoders.values():
             decoder.warm_up()
         encoder.run({encoder.input_names[0]: np.zeros((1, *manifest.image_shape), np.float32)})
+        if flow is not None:
+            flow.run({LATENT_FLOW_INPUT: np.zeros((1, manifest.latent_dim), np.float32)})
     except Exception as exc:  # noqa: BLE001 - a graph that loads but cannot run is refused like a corrupt one
         raise ModelLoadError(f"{model_version.path}: warm-up failed ({exc})") from None
-    return LoadedModel(model_version, samplers, encoder, decoders, config.max_samples_per_request)
+    return LoadedModel(model_version, samplers, encoder, decoders, config.max_samples_per_request, flow)
 
 
 __all__ = ["Decoded", "Encoded", "LoadedModel", "ModelInfo", "ModelObserver", "load_model"]

@@ -192,7 +192,7 @@ class ModelRegistry:
         self.observer.model_loaded(model.name, model.number, model.device, model.execution_provider)
         log.info("model version serving", extra={
             "model": model.name, "version": model.number, "device": model.device,
-            "execution_provider": model.execution_provider, "samplers": list(model.manifest.samplers),
+            "execution_provider": model.execution_provider, "samplers": list(model.info.samplers),
             "load_seconds": round(load_seconds, 3), "replaces": newest_before})
 
     def _retire(self, name: str, version: int, reason: str) -> None:

@@ -6,6 +6,8 @@ disk (`LatentSamplers`); this module draws from them:
     standard_normal: temperature·ε
     gaussian:        mean + temperature·L·ε
     mixture:         a component k drawn by weight, then mean_k + temperature·L_k·ε
+    flow:            the version's latent_flow graph (a RealNVP flow fitted to the training latents) applied
+                     to temperature·ε
 
 with ε ~ N(0, I) and L·Lᵀ the covariance. Every row's randomness is addressed by (seed, row) through the
 counter-based Philox4x32-10 generator (philox.py): block 0 of the row gives the mixture's component uniform,
@@ -18,10 +20,11 @@ batch of seeds is drawn with a few array operations: no generator object per row
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
-from export.repository import FITTED_SAMPLERS, SAMPLERS, LatentSamplers
+from export.repository import FITTED_SAMPLERS, LEARNED_SAMPLERS, SAMPLERS, LatentSamplers
 from server.core import philox
 from server.core.errors import InvalidRequest
 
@@ -35,14 +38,19 @@ def check_sampling(offered: tuple[str, ...], sampler: str, temperature: float, w
 
 
 def draw(samplers: LatentSamplers | None, sampler: str, seeds: np.ndarray, rows: np.ndarray, latent_dim: int,
-         temperature: float = 1.0) -> np.ndarray:
-    """Latents (float32, (n, latent_dim)) of rows `rows` of seeds `seeds` (both (n,) uint64) from `sampler`."""
-    if sampler not in SAMPLERS:
-        raise InvalidRequest(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-    if sampler == "standard_normal":
+         temperature: float = 1.0, flow: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Latents (float32, (n, latent_dim)) of rows `rows` of seeds `seeds` (both (n,) uint64) from `sampler`;
+    `flow` runs the version's latent_flow graph (float32 noise → latents) for the learned sampler."""
+    if sampler not in (*SAMPLERS, *LEARNED_SAMPLERS):
+        raise InvalidRequest(f"unknown sampler {sampler!r}; expected one of {', '.join((*SAMPLERS, *LEARNED_SAMPLERS))}")
+    if sampler in ("standard_normal", "flow"):
         eps = philox.normals(seeds, rows, latent_dim)
         eps *= temperature
-        return eps.astype(np.float32)
+        if sampler == "standard_normal":
+            return eps.astype(np.float32)
+        if flow is None:
+            raise InvalidRequest("sampler 'flow' is not offered: this model version has no latent_flow graph")
+        return np.ascontiguousarray(flow(eps.astype(np.float32)), np.float32)
     if samplers is None:
         raise InvalidRequest(f"sampler {sampler!r} was not fitted for this model")
     eps = philox.normals(seeds, rows, samplers.latent_dim)

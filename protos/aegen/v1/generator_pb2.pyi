@@ -13,6 +13,7 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_STANDARD_NORMAL: _ClassVar[Sampler]
     SAMPLER_GAUSSIAN: _ClassVar[Sampler]
     SAMPLER_MIXTURE: _ClassVar[Sampler]
+    SAMPLER_FLOW: _ClassVar[Sampler]
 
 class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +24,7 @@ SAMPLER_UNSPECIFIED: Sampler
 SAMPLER_STANDARD_NORMAL: Sampler
 SAMPLER_GAUSSIAN: Sampler
 SAMPLER_MIXTURE: Sampler
+SAMPLER_FLOW: Sampler
 DTYPE_UNSPECIFIED: Dtype
 DTYPE_UINT8: Dtype
 DTYPE_FLOAT32: Dtype
