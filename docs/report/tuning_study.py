@@ -170,8 +170,8 @@ def _cells(m: dict | None, keys: tuple[str, ...] = ("validity", "coverage", "fcd
 def table(names: list[str], mixture: int = 40) -> str:
     """One row per setting: N(0, I), the k-component mixture and the flow, each validity/coverage/FCD/IS."""
     results = load_results()
-    lines = [f"| setting | N(0, I): validity | coverage | FCD | IS | mixture {mixture}: validity | coverage | FCD | IS "
-             "| flow: validity | coverage | FCD | IS | val ELBO | train CPU s |",
+    lines = [(f"| setting | N(0, I): validity | coverage | FCD | IS | mixture {mixture}: validity | coverage | FCD | IS "
+              "| flow: validity | coverage | FCD | IS | val ELBO | train CPU s |"),
              "|---|" + "---:|" * 15]
     for name in names or list(results):
         entry = results.get(name)
