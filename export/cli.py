@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
                    help=f"ONNX opset, 13..21 (default {DEFAULT_OPSET}; env AEGEN_EXPORT_OPSET)")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="torch.onnx exporter: auto (dynamo, falling back to TorchScript), dynamo or torchscript")
-    p.add_argument("--components", type=int, default=10, help="Gaussian mixture components (default 10)")
+    p.add_argument("--components", type=int, default=ExportConfig.components,
+                   help=f"Gaussian mixture components (default {ExportConfig.components}, chosen in docs/report/TUNING.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of EM, verification and sample-quality seeds")
     p.add_argument("--data-dir", type=Path, default=env("AEGEN_DATA_DIR"),
                    help="IDX directory for mnist/fashion-mnist checkpoints (env AEGEN_DATA_DIR)")
