@@ -79,15 +79,15 @@ class DataPlane:
         return bool(self.registry.models())
 
     def models(self) -> list[ModelInfo]:
-        return [_info(m) for m in self.registry.models()]
+        return [m.info for m in self.registry.models()]
 
     def model(self, name: str, version: int | None = None) -> ModelInfo:
-        return _info(self.registry.resolve(name, version))
+        return self.registry.resolve(name, version).info
 
     def versions(self, name: str) -> list[ModelInfo]:
         """Every served version of `name`, oldest first; ModelNotFound when none is."""
         self.registry.resolve(name)
-        return [_info(m) for m in self.registry.versions(name)]
+        return [m.info for m in self.registry.versions(name)]
 
     def states(self) -> list[VersionState]:
         """Every version the registry knows of, with READY / UNAVAILABLE / LOADING and the reason."""
@@ -98,7 +98,7 @@ class DataPlane:
         models = self.registry.versions(name) if version is None else [self.registry.resolve(name, version)]
         if not models:
             self.registry.resolve(name)  # raises ModelNotFound with the loaded names
-        return [(_info(m), m.stats) for m in models]
+        return [(m.info, m.stats) for m in models]
 
     def model_label(self, name: str) -> str:
         """`name` if it is a loaded model, else "": metrics labels must not grow with what clients send."""
@@ -117,7 +117,7 @@ class DataPlane:
         with model.stats.request():
             decoded = await model.generate(*seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
         self.registry.observer.samples_generated(model.name, n)
-        return Generated(_info(model), decoded.images, decoded.latents, sampler, seed)
+        return Generated(model.info, decoded.images, decoded.latents, sampler, seed)
 
     async def generate_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
                                 sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0,
@@ -131,7 +131,7 @@ class DataPlane:
             decoded = await model.generate(seeds, np.zeros(len(seeds), np.uint64), sampler, temperature, dtype,
                                            deadline)
         self.registry.observer.samples_generated(model.name, len(seeds))
-        return Generated(_info(model), decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
+        return Generated(model.info, decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
 
     async def latents_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
                                sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0) -> np.ndarray:
@@ -160,7 +160,7 @@ class DataPlane:
         seed = draw_seed() if seed is None else seed
         _check_dtype(dtype)
         model.check_sampling(sampler, temperature)
-        info = _info(model)
+        info = model.info
 
         def submit(offset: int) -> asyncio.Future:
             return model.generate(*seed_rows(seed, offset, min(chunk, n - offset)), sampler, temperature, dtype,
@@ -185,7 +185,7 @@ class DataPlane:
         model = self.registry.resolve(name, version)
         with model.stats.request():
             encoded: Encoded = await asyncio.to_thread(model.encode, _unpack(model, images))
-        return EncodedImages(_info(model), encoded.latents, encoded.log_variance)
+        return EncodedImages(model.info, encoded.latents, encoded.log_variance)
 
     async def reconstruct(self, name: str, version: int | None, images: PackedImages, *,
                           dtype: str = DEFAULT_DTYPE, deadline: float | None = None) -> DecodedImages:
@@ -196,7 +196,7 @@ class DataPlane:
             pixels = _unpack(model, images)
             encoded: Encoded = await asyncio.to_thread(model.encode, pixels)
             decoded = await model.submit_latents(len(pixels), lambda: encoded.latents, dtype, deadline)
-        return DecodedImages(_info(model), decoded.images)
+        return DecodedImages(model.info, decoded.images)
 
     async def decode(self, name: str, version: int | None, latents: np.ndarray, *, dtype: str = DEFAULT_DTYPE,
                      deadline: float | None = None) -> DecodedImages:
@@ -213,7 +213,7 @@ class DataPlane:
             if not np.isfinite(latents).all():
                 raise InvalidRequest("latents must be finite (no NaN or infinity)")
             decoded = await model.submit_latents(latents.shape[0], lambda: latents, dtype, deadline)
-        return DecodedImages(_info(model), decoded.images)
+        return DecodedImages(model.info, decoded.images)
 
 
 def draw_seed() -> int:
@@ -230,10 +230,6 @@ def _unpack(model: LoadedModel, images: PackedImages) -> np.ndarray:
     if images.dtype not in OUTPUT_DTYPES:
         raise InvalidRequest(f"images dtype must be one of {', '.join(OUTPUT_DTYPES)}, got {images.dtype!r}")
     return model.check_images(tuple(images.shape), images.dtype, images.data)
-
-
-def _info(model: LoadedModel) -> ModelInfo:
-    return model.info
 
 
 __all__ = ["DEFAULT_DTYPE", "DEFAULT_SAMPLER", "DataPlane", "DecodedImages", "EncodedImages", "Generated",
