@@ -112,11 +112,8 @@ class DataPlane:
         """n samples drawn from `seed` (a server-drawn one when None); `deadline` is time.monotonic()."""
         model = self.registry.resolve(name, version)
         seed = draw_seed() if seed is None else seed
-        _check_dtype(dtype)
-        model.check_count(n)
-        with model.stats.request():
-            decoded = await model.generate(*seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
-        self.registry.observer.samples_generated(model.name, n)
+        model.check_count(n)  # before allocating n rows
+        decoded = await self._generate_rows(model, *seed_rows(seed, 0, n), sampler, temperature, dtype, deadline)
         return Generated(model.info, decoded.images, decoded.latents, sampler, seed)
 
     async def generate_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
@@ -124,14 +121,19 @@ class DataPlane:
                                 dtype: str = DEFAULT_DTYPE, deadline: float | None = None) -> Generated:
         """One sample per seed: row i is row 0 of seeds[i], i.e. what generate(seed=seeds[i], n=1) gives."""
         model = self.registry.resolve(name, version)
-        _check_dtype(dtype)
         seeds = np.ascontiguousarray(seeds, np.uint64).reshape(-1)
-        model.check_count(len(seeds))
-        with model.stats.request():
-            decoded = await model.generate(seeds, np.zeros(len(seeds), np.uint64), sampler, temperature, dtype,
-                                           deadline)
-        self.registry.observer.samples_generated(model.name, len(seeds))
+        decoded = await self._generate_rows(model, seeds, np.zeros(len(seeds), np.uint64), sampler, temperature,
+                                            dtype, deadline)
         return Generated(model.info, decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
+
+    async def _generate_rows(self, model: LoadedModel, seeds: np.ndarray, rows: np.ndarray, sampler: str,
+                             temperature: float, dtype: str, deadline: float | None) -> Decoded:
+        """One sample per (seed, row), counted in the version's statistics and the generated-samples metric."""
+        _check_dtype(dtype)
+        with model.stats.request():
+            decoded = await model.generate(seeds, rows, sampler, temperature, dtype, deadline)
+        self.registry.observer.samples_generated(model.name, len(seeds))
+        return decoded
 
     async def latents_per_seed(self, name: str, version: int | None, seeds: np.ndarray, *,
                                sampler: str = DEFAULT_SAMPLER, temperature: float = 1.0) -> np.ndarray:
