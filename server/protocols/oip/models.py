@@ -48,6 +48,7 @@ BACKEND = "onnxruntime"
 SEED, TEMPERATURE, IMAGES, IMAGES_FP32, LATENTS, LOG_VARIANCE = (
     "SEED", "TEMPERATURE", "IMAGES", "IMAGES_FP32", "LATENTS", "LOG_VARIANCE")
 DEFAULT_OUTPUTS = {GENERATOR: (IMAGES,), DECODER: (IMAGES,), ENCODER: None}  # None: every output
+IMAGE_OUTPUTS = ((IMAGES, "uint8"), (IMAGES_FP32, "float32"))  # output → the decoder dtype that makes it
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ class OipModels:
                 results[LOG_VARIANCE] = encoded.log_variance
         elif view.role == DECODER:
             latents = inputs[LATENTS]
-            asked = [(o, d) for o, d in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")) if o in wanted]
+            asked = [(o, d) for o, d in IMAGE_OUTPUTS if o in wanted]
             decoded = await asyncio.gather(*(self.plane.decode(base, number, latents, dtype=d, deadline=deadline)
                                              for _, d in asked))
             results.update((o, r.images) for (o, _), r in zip(asked, decoded))
@@ -221,7 +222,7 @@ class OipModels:
                 raise InvalidRequest(f"input SEED must have shape [n, 1], got {list(inputs[SEED].shape)}")
             sampler = _sampler(parameters)
             temperature = _temperature(inputs.get(TEMPERATURE))
-            asked = [(o, d) for o, d in ((IMAGES, "uint8"), (IMAGES_FP32, "float32")) if o in wanted]
+            asked = [(o, d) for o, d in IMAGE_OUTPUTS if o in wanted]
             if not asked:  # LATENTS alone: drawn, nothing decoded
                 results[LATENTS] = await self.plane.latents_per_seed(base, number, seeds, sampler=sampler,
                                                                      temperature=temperature)
