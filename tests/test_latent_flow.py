@@ -21,7 +21,6 @@ from training.latent_sampler import (
     FlowError,
     FlowOptions,
     LatentFlow,
-    fit_checkpoint_flow,
     load_flow,
     main,
     mean_log_likelihood,
@@ -94,24 +93,16 @@ def test_bad_latents_are_refused() -> None:
         train_flow(z)
 
 
-@pytest.fixture(scope="module")
-def flow_checkpoint(tmp_path_factory: pytest.TempPathFactory, vae_checkpoint: Path) -> Path:
-    directory = tmp_path_factory.mktemp("flow") / "vae"
-    shutil.copytree(vae_checkpoint, directory)
-    fit_checkpoint_flow(directory, QUICK)
-    return directory
-
-
-def test_the_saved_flow_is_tied_to_its_checkpoint_and_loads_back(flow_checkpoint: Path) -> None:
+def test_the_saved_flow_is_tied_to_its_checkpoint_and_loads_back(flow_checkpoint: Path, tmp_path: Path) -> None:
     flow, metadata = load_flow(flow_checkpoint / FLOW_FILE)
     assert metadata["checkpoint_sha256"] == ckpt.weights_sha256(flow_checkpoint)
     assert int(metadata["latent_dim"]) == ckpt.read_config(flow_checkpoint).model.latent_dim == flow.latent_dim
     assert np.isfinite(float(metadata["train_mean_log_likelihood"]))
-    (flow_checkpoint / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(FlowError, match="broken.safetensors: not a valid safetensors file"):
-        load_flow(flow_checkpoint / "broken.safetensors")
+        load_flow(tmp_path / "broken.safetensors")
     with pytest.raises(FlowError, match="missing"):
-        load_flow(flow_checkpoint / "none.safetensors")
+        load_flow(tmp_path / "none.safetensors")
 
 
 def _export(checkpoint: Path, repository: Path, log: list[str]) -> Path:

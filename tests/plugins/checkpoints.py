@@ -38,3 +38,16 @@ def ae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def conv_vae_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny convolutional VAE (latent 8) checkpoint directory."""
     return _train_tiny(tmp_path_factory, "conv-vae", kind="vae", arch="conv")
+
+
+@pytest.fixture(scope="session")
+def flow_checkpoint(tmp_path_factory: pytest.TempPathFactory, vae_checkpoint: Path) -> Path:
+    """The tiny VAE with a small latent flow fitted to it (`latent_flow.safetensors`, aegen-train --latent-flow)."""
+    import shutil
+
+    from training.latent_sampler import FlowOptions, fit_checkpoint_flow
+
+    directory = tmp_path_factory.mktemp("flow") / "vae"
+    shutil.copytree(vae_checkpoint, directory)
+    fit_checkpoint_flow(directory, FlowOptions(epochs=4, hidden=32, couplings=4, threads=1))
+    return directory

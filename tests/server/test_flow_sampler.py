@@ -4,7 +4,6 @@ standard-normal rows."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import grpc
@@ -19,26 +18,20 @@ from protos.inference import grpc_service_pb2 as oip
 from protos.inference import grpc_service_pb2_grpc as oip_grpc
 from server.core.samplers import draw, seed_rows
 from tests.plugins.repository import export_for_tests
+from tests.plugins.server import start_aegen_server
 
 FLOWED = "digits-flow"
 
 
 @pytest.fixture(scope="module")
-def flow_repository(tmp_path_factory: pytest.TempPathFactory, vae_checkpoint: Path) -> Path:
-    from training.latent_sampler import FlowOptions, fit_checkpoint_flow
-
-    checkpoint = tmp_path_factory.mktemp("flowed") / "checkpoint"
-    shutil.copytree(vae_checkpoint, checkpoint)
-    fit_checkpoint_flow(checkpoint, FlowOptions(epochs=4, hidden=32, couplings=4, threads=1))
+def flow_repository(tmp_path_factory: pytest.TempPathFactory, flow_checkpoint: Path) -> Path:
     repository = tmp_path_factory.mktemp("flow-repository")
-    export_for_tests(checkpoint, repository, FLOWED)
+    export_for_tests(flow_checkpoint, repository, FLOWED)
     return repository
 
 
 @pytest.fixture(scope="module")
 def flow_server(flow_repository, tmp_path_factory):
-    from tests.plugins.server import start_aegen_server
-
     server = start_aegen_server(flow_repository, tmp_path_factory.mktemp("flow-server"))
     yield server
     server.stop()
