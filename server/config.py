@@ -81,6 +81,7 @@ class GrpcSettings:
 class HttpSettings:
     http_port: int = 8000  # the Open Inference Protocol over HTTP/REST; 0 turns it off
     max_body_bytes: int = 268435456  # larger request bodies get 413
+    ui: bool = True  # the latent explorer page at / (server/ui); --no-ui turns it off
 
     def __post_init__(self) -> None:
         _check_port(self, "http_port")
@@ -165,6 +166,7 @@ _HELP = {
     "metrics_port": "Prometheus /metrics port (0 disables)",
     "http_port": "Open Inference Protocol HTTP/REST port (0 disables)",
     "max_body_bytes": "largest HTTP request body accepted (413 above it)",
+    "ui": "serve the latent explorer, a browser page, at / on the HTTP port (--no-ui: the API alone)",
     "device": "auto: CUDA when it loads, else CPU with a warning; cuda: fail if unavailable; cpu",
     "max_batch_size": "most samples decoded in one batch",
     "max_queue_delay_us": "longest a request waits for others to join its batch, in microseconds",

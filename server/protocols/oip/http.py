@@ -7,6 +7,7 @@
     POST /v2/models/{m}[/versions/{v}]/infer   inference: JSON tensors, or Triton's binary-tensor extension
     GET  /v2/models/stats                      every model's statistics
     POST /v2/repository/index                  the models and versions, with their states
+    GET  /, /ui/...                            the latent explorer page (server/ui; --no-ui turns it off)
 
 The endpoints only decode, call `OipModels` (models.py) and encode; binary.py parses and builds inference
 bodies and http_calls.py maps errors to statuses. The app runs on uvicorn's server inside the process's
@@ -28,9 +29,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from server import ui as explorer
 from server.config import ServerConfig
 from server.core.errors import InvalidRequest
 from server.protocols.grpc_calls import Call, CallObserver
@@ -166,8 +168,10 @@ async def _no_route(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, str(exc.detail))
 
 
-def build_app(endpoints: Endpoints) -> Starlette:
-    return Starlette(routes=endpoints.routes(), exception_handlers={HTTPException: _no_route})
+def build_app(endpoints: Endpoints, ui: bool = False) -> Starlette:
+    """The API's routes; with `ui`, the latent explorer's page at / as well (server/ui, --no-ui)."""
+    routes: list[BaseRoute] = [*endpoints.routes(), *(explorer.routes() if ui else [])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _no_route})
 
 
 # ------------------------------------------------------------------------------------------ listener
@@ -227,7 +231,7 @@ class HttpListener:
         self.reuse_port = reuse_port
         self.endpoints = Endpoints(oip, calls, config.http.max_body_bytes)
         self._uvicorn = uvicorn.Config(
-            build_app(self.endpoints), lifespan="off", http=_Protocol, ws="none", log_config=None,
+            build_app(self.endpoints, config.http.ui), lifespan="off", http=_Protocol, ws="none", log_config=None,
             access_log=False, server_header=False, proxy_headers=False, timeout_keep_alive=_KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=config.process.grace_seconds)
         # uvicorn's own start/stop lines ("press CTRL+C to quit") would describe a server that is not ours.
