@@ -17,6 +17,7 @@ from training.classifier import (
     ClassifierError,
     gaussian_blur,
     load_classifier,
+    main,
     predict,
     read_info,
 )
@@ -89,3 +90,13 @@ def test_corrupt_weights_are_a_clear_error(tmp_path: Path):
 def test_images_of_the_wrong_shape_are_refused(classifier):
     with pytest.raises(ClassifierError, match=r"\(N, 1, 28, 28\)"):
         predict(classifier, np.zeros((4, 28, 28), dtype=np.float32))
+
+
+def test_cli_reads_aegen_threads_and_refuses_a_bad_value_in_one_line(monkeypatch, capsys, tmp_path: Path):
+    monkeypatch.setenv("AEGEN_THREADS", "two")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "c")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "python -m training.classifier: error: argument --threads: invalid int value: 'two'\n"
+    assert not (tmp_path / "c").exists()

@@ -14,11 +14,9 @@ architecture, how it was trained, the accuracies measured on the held-out split)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from protos.atomic import atomic_write_bytes, atomic_write_text
+from protos.cli import OneLineParser, env, fail
 from training.data import DataError, load_dataset, to_unit_float, train_val_split
 
 FORMAT = "aegen-classifier/1"
@@ -395,15 +394,15 @@ def _asset(name: str, directory: str | Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.classifier", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m training.classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ClassifierOptions.out, help="directory for the weights and JSON")
     p.add_argument("--epochs", type=int, default=ClassifierOptions.epochs)
     p.add_argument("--batch-size", type=int, default=ClassifierOptions.batch_size)
     p.add_argument("--negative-fraction", type=float, default=ClassifierOptions.negative_fraction)
     p.add_argument("--lr", type=float, default=ClassifierOptions.learning_rate)
     p.add_argument("--seed", type=int, default=ClassifierOptions.seed)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("AEGEN_THREADS", "1")),
-                   help="torch CPU threads (results are reproducible for a fixed count)")
+    p.add_argument("--threads", type=int, default=env("threads", "1"),
+                   help="torch CPU threads, env AEGEN_THREADS (results are reproducible for a fixed count)")
     args = p.parse_args(argv)
     try:
         options = ClassifierOptions(out=args.out, epochs=args.epochs, batch_size=args.batch_size,
@@ -416,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         training.update(dataset="digits (embedded, training split)", negatives=list(NEGATIVES))
         save_classifier(model, ClassifierInfo(training=training, metrics=metrics), options.out)
     except (ClassifierError, DataError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("python -m training.classifier", exc)
     print(json.dumps(metrics, indent=2))
     return 0
 
