@@ -156,6 +156,10 @@ class OipModels:
             version_policy=_version_policy(settings.policy))
         config.parameters["sampler"].string_value = DEFAULT_SAMPLER
         config.parameters["samplers"].string_value = ",".join(view.model.samplers)
+        manifest = view.model.manifest  # what the model was trained on (the latent explorer reads these)
+        config.parameters["dataset"].string_value = manifest.dataset
+        if manifest.classes is not None:
+            config.parameters["classes"].string_value = ",".join(map(str, manifest.classes))
         return config
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
