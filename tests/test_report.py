@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from training.report import GRID, SCATTER_PX, main
+from training.report import main
+from training.report_writing import GRID, SCATTER_PX
 
 ROWS = ("AE · N(0, I) seeds", "AE · fitted Gaussian seeds", "VAE · N(0, I) seeds", "VAE · fitted Gaussian seeds",
         "real training images", "AE 2-D · N(0, I) seeds", "VAE 2-D · N(0, I) seeds")
