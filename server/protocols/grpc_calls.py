@@ -5,6 +5,10 @@ server-streaming method) so that each call is counted in flight, timed, labelled
 it (`call.model`) and its status, and so that a core error (server/core/errors.py) aborts the call with its
 status and message. An unexpected exception is logged with its traceback and answered INTERNAL without
 details: the client never sees a traceback.
+
+`add_service` registers a service's handlers with `parse_request` as every request deserializer: bytes that
+do not parse as the method's request message become an `Unparsable` request, which the wrapper answers
+INVALID_ARGUMENT with the parser's message (grpcio itself answers a deserializer's exception UNKNOWN).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
 from server.core.errors import (
     DeadlineExceeded,
@@ -54,6 +60,53 @@ class Call:
 
     def __init__(self) -> None:
         self.model = ""
+
+
+class Unparsable:
+    """A request whose bytes do not parse as the method's request message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def parse_request(message: type):
+    """A request deserializer for `message` that never raises: a parse failure is an `Unparsable`."""
+    full_name = message.DESCRIPTOR.full_name
+
+    def parse(data: bytes):
+        try:
+            return message.FromString(data)
+        except (DecodeError, RecursionError, ValueError) as exc:  # RecursionError: past the nesting limit
+            return Unparsable(f"the request does not parse as {full_name}: {exc or type(exc).__name__}")
+
+    return parse
+
+
+def check_parsed(request) -> None:
+    """InvalidRequest for an `Unparsable` request (what `rpc` answers INVALID_ARGUMENT)."""
+    if isinstance(request, Unparsable):
+        raise InvalidRequest(request.reason)
+
+
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, messages, behaviour, serializer) -> None:
+    """Register every method of `service`: `behaviour(method)` is its handler, `messages` the module
+    holding its request classes, `serializer` every answer's serializer."""
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming and method.server_streaming:
+            kind = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            kind = grpc.unary_stream_rpc_method_handler
+        elif method.client_streaming:
+            kind = grpc.stream_unary_rpc_method_handler
+        else:
+            kind = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = kind(behaviour(method), response_serializer=serializer,
+                                     request_deserializer=parse_request(getattr(messages, method.input_type.name)))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
@@ -97,6 +150,7 @@ def rpc(method):
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
             async with observed_call(self.calls, name, context) as call:
+                check_parsed(request)
                 async for reply in method(self, request, context, call):
                     yield reply
 
@@ -105,6 +159,7 @@ def rpc(method):
     @functools.wraps(method)
     async def unary(self, request, context: grpc.aio.ServicerContext):
         async with observed_call(self.calls, name, context) as call:
+            check_parsed(request)
             return await method(self, request, context, call)
 
     return unary

@@ -15,7 +15,7 @@ from protos.aegen.v1 import generator_pb2_grpc
 from protos.aegen.v1.names import DTYPE_NAMES, DTYPES, SAMPLER_NAMES, SAMPLERS
 from server.core.dataplane import DEFAULT_DTYPE, DEFAULT_SAMPLER, DataPlane, Generated, PackedImages
 from server.core.errors import InvalidRequest
-from server.protocols.grpc_calls import Call, CallObserver, deadline_of, rpc
+from server.protocols.grpc_calls import Call, CallObserver, add_service, deadline_of, rpc
 from server.protocols.wire import serialize_response, with_bytes_fields
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
@@ -89,16 +89,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
 def add_to_server(servicer: GeneratorServicer, server: grpc.aio.Server) -> None:
     """Register the service like the generated add_GeneratorServiceServicer_to_server, but with
-    `serialize_response` as every method's serializer, so that handlers may answer with prebuilt wire bytes."""
-    handlers = {}
-    for method in pb.DESCRIPTOR.services_by_name["GeneratorService"].methods:
-        request = getattr(pb, method.input_type.name)
-        kind = (grpc.unary_stream_rpc_method_handler if method.server_streaming
-                else grpc.unary_unary_rpc_method_handler)
-        handlers[method.name] = kind(getattr(servicer, method.name), request_deserializer=request.FromString,
-                                     response_serializer=serialize_response)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    `serialize_response` as every method's serializer, so that handlers may answer with prebuilt wire bytes,
+    and a request deserializer that answers unparsable bytes INVALID_ARGUMENT (grpc_calls.add_service)."""
+    add_service(server, pb.DESCRIPTOR.services_by_name["GeneratorService"], pb,
+                lambda method: getattr(servicer, method.name), serialize_response)
 
 
 def _model(request, call: Call, plane: DataPlane) -> tuple[str, int | None]:

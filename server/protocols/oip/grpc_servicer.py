@@ -18,7 +18,16 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
 from server.core.errors import ServerError
-from server.protocols.grpc_calls import Call, CallObserver, deadline_of, rpc, status_of
+from server.protocols.grpc_calls import (
+    Call,
+    CallObserver,
+    Unparsable,
+    add_service,
+    check_parsed,
+    deadline_of,
+    rpc,
+    status_of,
+)
 from server.protocols.oip.models import InferResult, OipModels
 from server.protocols.oip.tensors import datatype_of, decode_grpc_inputs
 from server.protocols.wire import encode_varint, serialize_response, with_repeated_bytes
@@ -126,6 +135,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             self.calls.call_finished("ModelStreamInfer", "", code, asyncio.get_running_loop().time() - started)
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> bytes:
+        check_parsed(request)  # a stream's message may not parse either
         inputs = decode_grpc_inputs(request)
         outputs = [o.name for o in request.outputs] or None
         result = await self.oip.infer(request.model_name, request.model_version, inputs,
@@ -158,25 +168,21 @@ def _parameters(parameters) -> dict[str, object]:
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register every method of the service: ours, and UNIMPLEMENTED-with-a-message for the rest."""
-    handlers = {}
-    for method in SERVICE.methods:
-        request = getattr(pb, method.input_type.name)
+    """Register every method of the service: ours, and UNIMPLEMENTED-with-a-message for the rest; unparsable
+    request bytes are INVALID_ARGUMENT (grpc_calls.add_service)."""
+
+    def behaviour(method):
         own = getattr(type(servicer), method.name) is not getattr(
             grpc_service_pb2_grpc.GRPCInferenceServiceServicer, method.name)
-        behaviour = getattr(servicer, method.name) if own else _unimplemented(method.name)
-        if method.client_streaming and method.server_streaming:
-            kind = grpc.stream_stream_rpc_method_handler
-        else:
-            kind = grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = kind(behaviour, request_deserializer=request.FromString,
-                                     response_serializer=serialize_response)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        return getattr(servicer, method.name) if own else _unimplemented(method.name)
+
+    add_service(server, SERVICE, pb, behaviour, serialize_response)
 
 
 def _unimplemented(name: str):
     async def handler(request, context: grpc.aio.ServicerContext):
+        if isinstance(request, Unparsable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             f"aegen does not implement {name}: models are loaded from the model repository by "
                             "its version policy and polling, and tensors travel in the request")

@@ -1,0 +1,22 @@
+"""A server for hostile inputs: small limits so that a fuzzer's valid inputs stay cheap (at most 64 samples
+a request, 256 a stream, 1 MiB bodies), and short HTTP client timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.plugins.server import RunningServer, copy_repository, start_aegen_server
+
+FUZZ_FLAGS = ("--max-samples-per-request", "64", "--max-samples-per-stream", "256", "--max-batch-size", "64",
+              "--max-body-bytes", str(1 << 20))
+RSS_BOUND = 200 << 20  # a fuzz run may grow the server's resident memory by at most this
+
+
+@pytest.fixture(scope="package")
+def fuzz_server(model_repository, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("fuzz-server")
+    server = start_aegen_server(copy_repository(model_repository, tmp / "repository"), tmp, *FUZZ_FLAGS)
+    yield server
+    server.stop()
