@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # System tools the tests use: promtool (Debian `prometheus`), Fashion-MNIST (Debian `dataset-fashion-mnist`),
+# a headless browser for the latent explorer's tests (Debian `chromium` and `chromium-driver`),
 # buf (npm `@bufbuild/buf`), checkov in its own venv (it pins old versions of common packages) and
 # perf_analyzer (below) with its one system library, Debian `libb64-0d`.
 tools: $(STAMP) $(BUF) $(CHECKOV) $(PERF_ANALYZER) $(CUDA_RUNTIME)
-	@if ! command -v promtool >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ] || ! dpkg -s libb64-0d >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus dataset-fashion-mnist libb64-0d >/dev/null; \
-	  else echo "warning: install Debian packages prometheus, dataset-fashion-mnist and libb64-0d (tests needing them will skip)"; fi; \
+	@if ! command -v promtool >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ] || ! dpkg -s libb64-0d >/dev/null 2>&1 \
+	    || ! dpkg -s chromium >/dev/null 2>&1 || ! dpkg -s chromium-driver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus dataset-fashion-mnist libb64-0d chromium chromium-driver >/dev/null; \
+	  else echo "warning: install Debian packages prometheus, dataset-fashion-mnist, libb64-0d, chromium and chromium-driver (tests needing them will skip)"; fi; \
 	fi
 
 $(BUF):
