@@ -51,12 +51,16 @@ class ProcessSettings:
     grace_seconds: float = 20.0
     log_format: str = "json"
     log_level: str = "INFO"
+    # Admission of inference calls, per process, over every protocol (server/core/admission.py).
+    max_inflight_calls: int = 1024
+    max_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         check_choice("log_format", self.log_format, LOG_FORMATS)
         check_choice("log_level", self.log_level, LOG_LEVELS)
         check_at_least(self, 1, "workers")
-        check_seconds(self, "grace_seconds")
+        check_at_least(self, 0, "max_inflight_calls")
+        check_seconds(self, "grace_seconds", "max_wait_seconds")
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,14 @@ class GrpcSettings:
 class HttpSettings:
     http_port: int = 8000  # the Open Inference Protocol over HTTP/REST; 0 turns it off
     max_body_bytes: int = 268435456  # larger request bodies get 413
+    max_header_bytes: int = 16384  # larger request header blocks get 431
+    client_timeout_seconds: float = 60.0  # a request's head, then its body, must arrive within this: else 408
     ui: bool = True  # the latent explorer page at / (server/ui); --no-ui turns it off
 
     def __post_init__(self) -> None:
         _check_port(self, "http_port")
-        check_at_least(self, 1, "max_body_bytes")
+        check_at_least(self, 1, "max_body_bytes", "max_header_bytes")
+        check_seconds(self, "client_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -166,10 +173,19 @@ _HELP = {
     "metrics_port": "Prometheus /metrics port (0 disables)",
     "http_port": "Open Inference Protocol HTTP/REST port (0 disables)",
     "max_body_bytes": "largest HTTP request body accepted (413 above it)",
+    "max_header_bytes": "largest HTTP request header block accepted, request line included (431 above it)",
+    "client_timeout_seconds": "an HTTP request's head, and then its body, must arrive within this (408 after; 0: "
+                              "no limit)",
+    "max_inflight_calls": "inference calls in flight per process, all protocols; more are refused at once "
+                          "(RESOURCE_EXHAUSTED / 429; 0: no limit)",
+    "max_wait_seconds": "refuse a call at once when the calls ahead would take longer than this, or than its "
+                        "deadline (0: no limit)",
     "ui": "serve the latent explorer, a browser page, at / on the HTTP port (--no-ui: the API alone)",
     "device": "auto: CUDA when it loads, else CPU with a warning; cuda: fail if unavailable; cpu",
     "max_batch_size": "most samples decoded in one batch",
-    "max_queue_delay_us": "longest a request waits for others to join its batch, in microseconds",
+    "max_queue_delay_us": "fixed wait for others to join a batch, in microseconds (0: the adaptive delay decides)",
+    "adaptive_queue_delay_us": "longest a batch waits for company while calls keep arriving, in microseconds "
+                               "(never at one call in flight; 0: off)",
     "max_queue_samples": "most samples queued per model version before RESOURCE_EXHAUSTED",
     "max_samples_per_request": "largest num_samples of GenerateSamples, Encode and Reconstruct",
     "max_samples_per_stream": "largest num_samples of StreamSamples",
@@ -181,6 +197,8 @@ _HELP = {
     "log_format": "json (one object per line) or text",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
+    "small_batch_samples": "on CPU, batches of up to this many samples run on a single-threaded session (0: off)",
+    "intra_op_spinning": "let idle onnxruntime pool threads spin between runs (lower latency, burns CPU)",
     "workers": "server processes sharing the port (SO_REUSEPORT), each with its own sessions and batcher",
     "cuda_graphs": "capture a CUDA graph per batch-size bucket (CUDA only)",
     "cuda_tf32": "let float32 matrix products use TF32 tensor cores: faster, ~1e-3 off exact (CUDA only)",

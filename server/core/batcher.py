@@ -1,14 +1,21 @@
-"""Dynamic batching of decode requests for one model version (asyncio; no gRPC in here).
+"""Dynamic batching of decode requests for one model version (one inference thread; no gRPC in here).
 
-Requests wait in a bounded queue, one FIFO per output dtype. The batcher takes up to `max_batch_size`
-samples, waiting at most `max_queue_delay_us` after the oldest request arrived for others to join. With
-the default delay of 0 a batch is whatever queued while the previous batch was decoding: no request waits
-for company it may never get, and under load batches still grow by themselves. A request larger than a
-batch is split across consecutive batches. Each request brings its own latents, or the (seed, row) pairs to
-draw them from (`SeededRows`: each row's latents depend on its seed and index only, never on its
+Requests wait in a bounded queue, one FIFO per output dtype. One long-lived inference thread per batcher
+takes up to `max_batch_size` samples at a time, decodes them and hands the results back to the event loop
+in one callback per batch; the event loop only appends to the queue and resolves futures. A request larger
+than a batch is split across consecutive batches. Each request brings its own latents, or the (seed, row)
+pairs to draw them from (`SeededRows`: each row's latents depend on its seed and index only, never on its
 neighbours); they are drawn on the inference thread when the request's first rows are batched, with one
-draw per sampler for all the requests of a batch. Decoding runs on one thread per batcher, so
-the event loop only moves bookkeeping.
+draw per sampler for all the requests of a batch.
+
+How long a batch waits for company:
+- `max_queue_delay_us` > 0: a fixed delay, at most that long after its oldest request (Triton's rule);
+- else, the adaptive delay (`adaptive_queue_delay_us`, the default): a batch waits only while calls keep
+  arriving, i.e. when the previous batch merged several requests: for as many more requests as that batch
+  answered (their callers are the ones likely to come back next), or until a batch is full, and never
+  longer than the delay after its oldest request. One call in flight (the previous batch held one request,
+  or the queue sat idle longer than the delay) never waits.
+- both 0: a batch is whatever queued while the previous one was decoding.
 
 Cancelled requests and requests whose deadline passed are dropped before decoding.
 """
@@ -17,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,6 +107,10 @@ class _Batch:
     dtype: str
     pieces: list[tuple[_Job, int, int]] = field(default_factory=list)  # (job, first row, row count)
     samples: int = 0
+    dequeued: int = 0  # samples that left the queue (decoded or dropped), for the depth gauge
+    waits: list[float] = field(default_factory=list)  # queue waits of the requests batched for the first time
+    expired: list[_Job] = field(default_factory=list)  # dropped: their deadline passed while queued
+    seconds: float = 0.0  # decode time
 
 
 class Batcher:
@@ -114,17 +125,23 @@ class Batcher:
         self.config = config
         self.observer = observer or _NullObserver()
         self.draw = draw  # for SeededRows sources
+        self.name = name
         first = next(iter(decoders.values()))
         self.latent_dim = first.latent_dim
         self.image_shape = tuple(first.image_shape)
+        # Shared between the event loop (submit appends) and the inference thread (everything else): _lock.
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queues: dict[str, collections.deque[_Job]] = {k: collections.deque() for k in decoders}
         self._queued = {k: 0 for k in decoders}  # samples not yet handed to a batch, per dtype
-        self._wakeup = asyncio.Event()
+        self._wake_at = 1  # queued requests that wake the inference thread (it raises this while it waits)
         self._closing = False
-        self._task: asyncio.Task | None = None
-        # One thread: batches of one model version decode one after another, and the latent buffer is reused.
-        # Images are not: a merged batch's output is handed out to its requests as views.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        # The inference thread's own state: the previous batch's request count (the adaptive delay waits for
+        # as many), and the latent buffer it reuses. Images are not reused: a merged batch's output is handed
+        # out to its requests as views.
+        self._last_requests = 0
         self._latent_buffer = np.empty((config.max_batch_size, self.latent_dim), np.float32)
 
     @property
@@ -132,83 +149,100 @@ class Batcher:
         return sum(self._queued.values())
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._serve, name=f"decode-{self.name}", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
         """Stop taking requests, decode what is queued, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._closing = True
+            self._arrived.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            await asyncio.sleep(0)  # the last batch's callback, posted before the thread ended
 
     def submit(self, n: int, source: LatentSource, dtype: str,
                deadline: float | None = None) -> asyncio.Future:
         """Queue a request of `n` samples; the future resolves to Decoded. Raises QueueFull at once."""
         if self._closing:
             raise ShuttingDown("this model version is being unloaded; retry")
-        if dtype not in self._queues:
+        queue = self._queues.get(dtype)
+        if queue is None:
             raise InvalidRequest(f"output dtype {dtype!r} is not served; expected one of {sorted(self._queues)}")
-        if self.queued_samples + n > self.config.max_queue_samples:
-            raise QueueFull(f"queue full: {self.queued_samples} samples waiting, limit "
-                            f"{self.config.max_queue_samples}; retry later")
-        loop = asyncio.get_running_loop()
         if isinstance(source, SeededRows) and self.draw is None:
             raise ValueError("this batcher has no draw function for SeededRows")
-        job = _Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline,
-                   time.monotonic())
-        was_idle = not any(self._queued.values())
-        self._queues[dtype].append(job)
-        self._queued[dtype] += n
+        loop = self._loop or asyncio.get_running_loop()
+        job = _Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline, time.monotonic())
+        with self._lock:
+            queued = self.queued_samples
+            if queued + n > self.config.max_queue_samples:
+                raise QueueFull(f"queue full: {queued} samples waiting, limit "
+                                f"{self.config.max_queue_samples}; retry later")
+            queue.append(job)
+            self._queued[dtype] += n
+            # Wake the thread only when it has something new to decide: no per-request wake-ups while it waits.
+            if len(queue) >= self._wake_at or self._queued[dtype] >= self.config.max_batch_size:
+                self._arrived.notify()
         self.observer.queue_depth_changed(n)
-        # Wake the loop only when it has something new to decide: no per-request wake-ups while it waits.
-        if was_idle or self._queued[dtype] >= self.config.max_batch_size:
-            self._wakeup.set()
         return job.future
 
-    # ------------------------------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------------- on the inference thread
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _serve(self) -> None:
         while True:
-            if not any(self._queues.values()):
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            dtype = self._oldest_dtype()
-            await self._wait_for_batch(dtype)
-            batch = self._take(dtype)
-            if not batch.pieces:
-                continue
-            started = time.perf_counter()
-            await loop.run_in_executor(self._executor, self._decode, batch)
-            self.observer.batch_decoded(batch.samples, time.perf_counter() - started)
-            self._finish(batch)
+            with self._lock:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            if batch.pieces:
+                started = time.perf_counter()
+                self._decode(batch)
+                batch.seconds = time.perf_counter() - started
+                self._last_requests = len(batch.pieces)
+                self._drop_failed_rest(batch)
+            try:
+                self._loop.call_soon_threadsafe(self._finish, batch)
+            except RuntimeError:  # the event loop is closed: nobody is waiting for these answers
+                return
 
-    def _oldest_dtype(self) -> str:
-        heads = [(q[0].enqueued, k) for k, q in self._queues.items() if q]
-        return min(heads)[1]
+    def _next_batch(self) -> _Batch | None:
+        """(Holding the lock.) Wait for work, then for company as the config says, and take a batch."""
+        idle_since = time.monotonic()
+        while not any(self._queues.values()):
+            if self._closing:
+                return None
+            self._wake_at = 1
+            self._arrived.wait()
+        if time.monotonic() - idle_since > self.config.adaptive_queue_delay_us / 1e6:
+            self._last_requests = 1  # the queue sat idle: calls are not arriving back to back
+        dtype = min((q[0].enqueued, k) for k, q in self._queues.items() if q)[1]
+        self._wait_for_company(dtype)
+        self._wake_at = 1
+        return self._take(dtype)
 
-    async def _wait_for_batch(self, dtype: str) -> None:
-        """Wait until a full batch is queued or the oldest request has waited max_queue_delay_us."""
-        delay = self.config.max_queue_delay_us / 1e6
-        if delay <= 0:
-            return
-        due = self._queues[dtype][0].enqueued + delay
-        while self._queued[dtype] < self.config.max_batch_size and not self._closing:
+    def _wait_for_company(self, dtype: str) -> None:
+        queue, full = self._queues[dtype], self.config.max_batch_size
+        if self.config.max_queue_delay_us > 0:
+            delay, wanted = self.config.max_queue_delay_us / 1e6, full + 1  # fixed: until full or due
+        else:
+            # The previous batch's requests were just answered: in a closed loop their callers come back
+            # next. Wait for them, on top of what is queued, unless that batch answered a lone call.
+            delay = self.config.adaptive_queue_delay_us / 1e6
+            if delay <= 0 or self._last_requests <= 1:
+                return
+            wanted = len(queue) + self._last_requests
+        due = queue[0].enqueued + delay
+        while len(queue) < wanted and self._queued[dtype] < full and not self._closing:
             remaining = due - time.monotonic()
             if remaining <= 0:
                 return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+            self._wake_at = wanted
+            self._arrived.wait(remaining)
 
     def _take(self, dtype: str) -> _Batch:
-        """Hand up to max_batch_size queued rows to a batch, dropping cancelled and expired requests."""
+        """(Holding the lock.) Hand up to max_batch_size queued rows to a batch, dropping cancelled and
+        expired requests."""
         queue, batch = self._queues[dtype], _Batch(dtype)
         now, capacity = time.monotonic(), self.config.max_batch_size
         while queue and batch.samples < capacity:
@@ -216,43 +250,35 @@ class Batcher:
             left = job.n - job.assigned
             if job.future.done() or (job.deadline is not None and now > job.deadline):
                 queue.popleft()
-                self._dequeued(dtype, left)
-                if not job.future.done():
-                    job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                self._queued[dtype] -= left
+                batch.dequeued += left
+                batch.expired.append(job)
                 continue
             count = min(left, capacity - batch.samples)
             batch.pieces.append((job, job.assigned, count))
             batch.samples += count
             job.assigned += count
-            self._dequeued(dtype, count)
+            self._queued[dtype] -= count
+            batch.dequeued += count
             if not job.waited:
                 job.waited = True
-                self.observer.queue_waited(now - job.enqueued)
+                batch.waits.append(now - job.enqueued)
             if job.assigned == job.n:
                 queue.popleft()
         return batch
 
-    def _dequeued(self, dtype: str, count: int) -> None:
-        self._queued[dtype] -= count
-        self.observer.queue_depth_changed(-count)
-
-    def _finish(self, batch: _Batch) -> None:
-        for job, _, count in batch.pieces:
-            if job.future.done():
-                continue
-            if job.error is not None:
-                job.future.set_exception(job.error)
-                self._drop_rest(batch.dtype, job)
-            elif job.decoded == job.n:
-                job.future.set_result(Decoded(job.images, job.latents))
-
-    def _drop_rest(self, dtype: str, job: _Job) -> None:
-        queue = self._queues[dtype]
-        if queue and queue[0] is job:
-            queue.popleft()
-            self._dequeued(dtype, job.n - job.assigned)
-
-    # ------------------------------------------------------------------------- on the inference thread
+    def _drop_failed_rest(self, batch: _Batch) -> None:
+        """A request that failed in this batch leaves the rows it still had queued."""
+        for job, _, _ in batch.pieces:
+            if job.error is not None and job.assigned < job.n:
+                with self._lock:
+                    queue = self._queues[batch.dtype]
+                    if queue and queue[0] is job:
+                        queue.popleft()
+                        left = job.n - job.assigned
+                        self._queued[batch.dtype] -= left
+                        batch.dequeued += left
+                        job.assigned = job.n
 
     def _decode(self, batch: _Batch) -> None:
         self._draw_seeded([job for job, _, _ in batch.pieces])
@@ -303,8 +329,11 @@ class Batcher:
             if job.latents is None and job.error is None and isinstance(job.source, SeededRows):
                 groups.setdefault(job.source.key, []).append(job)
         for key, members in groups.items():
-            seeds = np.concatenate([job.source.seeds for job in members])
-            rows = np.concatenate([job.source.rows for job in members])
+            if len(members) == 1:
+                seeds, rows = members[0].source.seeds, members[0].source.rows
+            else:
+                seeds = np.concatenate([job.source.seeds for job in members])
+                rows = np.concatenate([job.source.rows for job in members])
             try:
                 latents = np.ascontiguousarray(self.draw(key, seeds, rows), dtype=np.float32)
             except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
@@ -336,3 +365,25 @@ class Batcher:
             return False
         job.latents = latents
         return True
+
+    # ------------------------------------------------------------------------------- on the event loop
+
+    def _finish(self, batch: _Batch) -> None:
+        """One callback per batch: metrics first, then every answer of the batch."""
+        observer = self.observer
+        if batch.dequeued:
+            observer.queue_depth_changed(-batch.dequeued)
+        for seconds in batch.waits:
+            observer.queue_waited(seconds)
+        if batch.pieces:
+            observer.batch_decoded(batch.samples, batch.seconds)
+        for job in batch.expired:
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+        for job, _, _ in batch.pieces:
+            if job.future.done():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            elif job.decoded == job.n:
+                job.future.set_result(Decoded(job.images, job.latents))

@@ -90,10 +90,13 @@ def _preload_cuda_libraries() -> None:
 class GraphRunner:
     """One onnxruntime session over one graph file. `run` is thread-safe (onnxruntime sessions are)."""
 
-    def __init__(self, path: Path, device: Device, *, cuda_graph: bool = False) -> None:
+    def __init__(self, path: Path, device: Device, *, cuda_graph: bool = False, threads: int | None = None) -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = device.execution.intra_op_threads
+        options.intra_op_num_threads = device.execution.intra_op_threads if threads is None else threads
         options.inter_op_num_threads = 1
+        if not device.execution.intra_op_spinning:
+            # Idle pool threads otherwise spin for a while after each run, on the cores the event loop needs.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # onnxruntime's own warnings go to stderr unstructured; keep errors
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options,
@@ -128,7 +131,11 @@ class DecoderRunner:
     images stay on the device until that one copy). With CUDA graphs each bucket gets fixed device buffers
     and its own captured graph, and a batch is padded up to its bucket; its n rows then go to the caller's
     array in one cudaMemcpy (server/core/cudart.py), checked once at warm-up against onnxruntime's own copy, else
-    through onnxruntime's copy to a new array and a second, host-side copy."""
+    through onnxruntime's copy to a new array and a second, host-side copy.
+
+    On CPU, batches of up to `small_batch_samples` run on a second, single-threaded session of the same graph
+    (chosen per batch): waking a thread pool for a few rows costs more than it saves, and its threads take
+    the cores the event loop and the client need. The same graph and kernels give the same bytes."""
 
     def __init__(self, path: Path, device: Device, latent_dim: int, image_shape: tuple[int, ...],
                  dtype: np.dtype, max_batch_size: int) -> None:
@@ -142,6 +149,12 @@ class DecoderRunner:
         self._cuda_graphs = device.cuda_graphs and self.graph.device == "cuda"
         self._graph_buffers: dict[int, tuple[ort.OrtValue, ort.OrtValue, ort.RunOptions]] = {}
         self._cudart: CudaRuntime | None = None  # set by warm_up when its single copy checks out
+        small = min(device.execution.small_batch_samples, max_batch_size)
+        self.small_graph: GraphRunner | None = None
+        self.small_batch_samples = 0
+        if small > 0 and self.graph.device == "cpu" and device.execution.intra_op_threads != 1:
+            self.small_graph = GraphRunner(path, device, threads=1)
+            self.small_batch_samples = small
 
     @property
     def device(self) -> str:
@@ -195,10 +208,15 @@ class DecoderRunner:
         if self._cuda_graphs:
             self._decode_with_cuda_graph(latents, out)
             return
-        binding = self.graph.session.io_binding()
+        session = self.session_for(latents.shape[0]).session
+        binding = session.io_binding()
         binding.bind_cpu_input(self.input_name, latents)
         binding.bind_output(self.output_name, "cpu", 0, self.dtype, out.shape, out.ctypes.data)
-        self.graph.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
+
+    def session_for(self, n: int) -> GraphRunner:
+        """The session a batch of n samples runs on: the single-threaded one for small CPU batches."""
+        return self.small_graph if n <= self.small_batch_samples else self.graph
 
     def _decode_with_cuda_graph(self, latents: np.ndarray, out: np.ndarray) -> None:
         device_out = self._run_cuda_graph(latents)

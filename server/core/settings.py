@@ -35,6 +35,8 @@ class ExecutionConfig:
     cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
     gpu_mem_limit: int = 0
+    small_batch_samples: int = 64  # CPU: batches up to this many samples run on a single-threaded session
+    intra_op_spinning: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class BatcherConfig:
     """How requests merge into batches (batcher.py)."""
 
     max_batch_size: int = 8192
-    max_queue_delay_us: int = 0
+    max_queue_delay_us: int = 0  # > 0: a fixed delay (the adaptive one is then off)
     max_queue_samples: int = 262144
+    adaptive_queue_delay_us: int = 2000  # 0: off
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,15 @@ class CoreSettings:
     version_policy: str = "latest:1"
     device: str = "auto"
     max_batch_size: int = 8192
-    max_queue_delay_us: int = 0  # like Triton: merge what queued during the last decode
+    max_queue_delay_us: int = 0  # > 0: a fixed delay, like Triton's; 0: the adaptive delay below decides
+    adaptive_queue_delay_us: int = 2000  # wait for company only while calls keep arriving, at most this long
     max_queue_samples: int = 262144
     max_samples_per_request: int = 65536
     max_samples_per_stream: int = 4194304
     repository_poll_seconds: float = 10.0  # 0 disables polling
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    small_batch_samples: int = 64  # CPU: up to this many samples per batch on a single-threaded session; 0: off
+    intra_op_spinning: bool = False
     cuda_graphs: bool = False
     cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
@@ -97,7 +103,8 @@ class CoreSettings:
         check_choice("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_CONV_ALGO_SEARCHES)
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
                        "max_samples_per_stream")
-        check_at_least(self, 0, "max_queue_delay_us", "intra_op_threads", "gpu_mem_limit")
+        check_at_least(self, 0, "max_queue_delay_us", "adaptive_queue_delay_us", "intra_op_threads",
+                       "small_batch_samples", "gpu_mem_limit")
         check_seconds(self, "repository_poll_seconds")
         if self.max_queue_samples < self.max_samples_per_request:
             raise ConfigError(f"--max-queue-samples ({self.max_queue_samples}) must be at least "
@@ -114,11 +121,13 @@ class CoreSettings:
     @property
     def execution(self) -> ExecutionConfig:
         return ExecutionConfig(self.device, self.intra_op_threads, self.cuda_graphs, self.cuda_tf32,
-                               self.cudnn_conv_algo_search, self.gpu_mem_limit)
+                               self.cudnn_conv_algo_search, self.gpu_mem_limit, self.small_batch_samples,
+                               self.intra_op_spinning)
 
     @property
     def batching(self) -> BatcherConfig:
-        return BatcherConfig(self.max_batch_size, self.max_queue_delay_us, self.max_queue_samples)
+        return BatcherConfig(self.max_batch_size, self.max_queue_delay_us, self.max_queue_samples,
+                             self.adaptive_queue_delay_us)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

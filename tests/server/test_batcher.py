@@ -166,3 +166,61 @@ def test_request_split_across_merged_batches_gets_the_bytes_it_would_get_alone(v
     # has its own array.
     assert images[0].base is not None and images[0].base is images[1].base
     assert images[2].base is None
+
+
+def test_adaptive_delay_never_holds_a_lone_call(vae):
+    """One call in flight at a time: with an adaptive cap of 10 minutes, a call that waited for company would
+    never come back within the minute each is given; and each batch holds exactly its one request."""
+    version, decoders = vae
+
+    async def one_at_a_time(batcher):
+        for seed in range(4):
+            await asyncio.wait_for(batcher.submit(1, _latents(version, seed, 1), "uint8"), 60)
+
+    _, recorder = _run(decoders, one_at_a_time, max_queue_delay_us=0, adaptive_queue_delay_us=600_000_000)
+    assert recorder.batches == [1, 1, 1, 1]
+
+
+def _closed_loop(version, callers: int, calls: int):
+    async def body(batcher):
+        async def caller(index):
+            for call in range(calls):
+                await batcher.submit(1, _latents(version, index * 1000 + call, 1), "uint8")
+                await asyncio.sleep(0.002 * index)  # the callers come back one after another, not at once
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+    return body
+
+
+def test_adaptive_delay_merges_callers_that_keep_coming_back(vae):
+    """Eight callers in a closed loop, coming back 0 … 14 ms after their answer: once a batch merged several of
+    them, the next one waits (here up to 2 s) for the callers it answered, so batches hold all eight instead
+    of whichever caller happened to be back first (without the delay: batches of one or two)."""
+    version, decoders = vae
+    _, adaptive = _run(decoders, _closed_loop(version, 8, 12), max_queue_delay_us=0, adaptive_queue_delay_us=2_000_000)
+    assert sum(adaptive.batches) == 96
+    assert len(adaptive.batches) <= 24  # 96 calls in batches of 4 or more on average; all eight once merged
+    assert max(adaptive.batches) == 8
+
+
+def test_small_batches_run_on_the_single_threaded_session_with_the_same_bytes(model_repository):
+    version = load_version(model_repository, "digits-vae")
+    m = version.manifest
+    device = Device("cpu", ExecutionConfig(device="cpu", intra_op_threads=2, small_batch_samples=16))
+    runner = DecoderRunner(version.graph_path("decoder"), device, m.latent_dim, tuple(m.image_shape),
+                           np.dtype("float32"), 64)
+    assert runner.small_graph is not None
+    assert runner.session_for(16) is runner.small_graph and runner.session_for(17) is runner.graph
+    assert runner.small_graph.session.get_session_options().intra_op_num_threads == 1
+    latents = _latents(version, 3, 40)()
+    big = np.empty((40, *m.image_shape), np.float32)
+    runner.decode_into(latents, big)  # 40 rows: the default session
+    for first in range(0, 40, 10):  # 10 rows at a time: the single-threaded one
+        small = np.empty((10, *m.image_shape), np.float32)
+        runner.decode_into(np.ascontiguousarray(latents[first:first + 10]), small)
+        assert small.tobytes() == big[first:first + 10].tobytes()
+    one = Device("cpu", ExecutionConfig(device="cpu", intra_op_threads=1, small_batch_samples=16))
+    off = Device("cpu", ExecutionConfig(device="cpu", intra_op_threads=2, small_batch_samples=0))
+    for device in (one, off):  # already single-threaded, or switched off: one session
+        runner = DecoderRunner(version.graph_path("decoder"), device, m.latent_dim, tuple(m.image_shape),
+                               np.dtype("float32"), 64)
+        assert runner.small_graph is None and runner.session_for(1) is runner.graph
