@@ -148,8 +148,11 @@ def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Pa
     from training.demo import DemoConfig, run
 
     config = DemoConfig(run_dir=str(tmp_path / "run"), out_dir=str(tmp_path / "out"), epochs=1, hidden_dim=32,
-                        flow_epochs=1)
+                        flow_epochs=1, plane_epochs=1)
     grid = run(config)
+    for kind in ("vae", "ae"):  # the report's 2-D models of 1s and 8s, beside the run, for the explorer's plane
+        plane = ckpt.read_config(tmp_path / f"demo-{kind}2-1-8")
+        assert (plane.model.kind, plane.model.latent_dim, plane.classes) == (kind, 2, (1, 8))
     assert grid == tmp_path / "out" / "samples.png"
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and grid.stat().st_size > 10_000
     trained = weights(tmp_path / "run")
@@ -160,7 +163,7 @@ def test_demo_writes_a_sample_grid_and_reuses_a_matching_checkpoint(tmp_path: Pa
     assert ckpt.read_config(tmp_path / "run").model.latent_dim == 8
     run(config)
     out = capsys.readouterr().out
-    assert "reusing the trained VAE" in out and "fitting" not in out
+    assert "reusing the trained VAE" in out and "fitting" not in out and "training the report's 2-D" not in out
     assert weights(tmp_path / "run") == trained
     run(DemoConfig(**{**config.__dict__, "epochs": 2}))  # a different budget does not reuse it
     assert "training a VAE" in capsys.readouterr().out

@@ -8,27 +8,35 @@ VAE with latent 8, 20 epochs at a constant learning rate, no augmentation (augme
 both cost validity at this latent size and budget), then a RealNVP flow over its training latents (runs/demo-vae/latent_flow.safetensors) that aegen-export ships
 as the `flow` sampler's graph.
 
+Then the report's two 2-D models of the digits 1 and 8 (docs/report: an MLP AE and VAE, latent 2, hidden
+512, λ 2, 30 epochs; about 15 s each on one core), beside the VAE (runs/demo-vae2-1-8, runs/demo-ae2-1-8): make demo
+exports them as digits18-vae2 and digits18-ae2, whose latent plane the browser page draws (docs/explorer.md).
+
 Environment: AEGEN_DEMO_RUN (checkpoint directory, default runs/demo-vae), AEGEN_DEMO_OUT (output folder,
-default demo-out), AEGEN_DEMO_EPOCHS, AEGEN_THREADS, AEGEN_DEVICE.
+default demo-out), AEGEN_DEMO_EPOCHS, AEGEN_DEMO_PLANE_EPOCHS (the 2-D models' epochs; 0 trains none),
+AEGEN_THREADS, AEGEN_DEVICE.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from protos.cli import env
 from training import checkpoint as ckpt
 from training.checkpoint import CheckpointError
 from training.data import DataError
 from training.grid import save_grid
 from training.latent_sampler import FLOW_FILE, FlowError, FlowOptions, fit_checkpoint_flow, load_flow
 from training.train import TrainError, TrainOptions, train
+
+PLANE_CLASSES = (1, 8)  # the digits the report's 2-D models see, as in the course's figures
 
 
 class DemoError(Exception):
@@ -53,22 +61,38 @@ class DemoConfig:
     # several times slower than one thread alone. AEGEN_THREADS=2 on a dedicated machine.
     threads: int = 1
     device: str = "auto"
+    plane_epochs: int = 30  # the report's 2-D models of digits 1 and 8 (ReportOptions.epochs_2d); 0: none
 
     @classmethod
-    def from_env(cls) -> DemoConfig:
-        env, d = os.environ.get, cls()
-        try:
-            return cls(run_dir=env("AEGEN_DEMO_RUN", d.run_dir), out_dir=env("AEGEN_DEMO_OUT", d.out_dir),
-                       epochs=int(env("AEGEN_DEMO_EPOCHS", d.epochs)), threads=int(env("AEGEN_THREADS", d.threads)),
-                       device=env("AEGEN_DEVICE", d.device))
-        except ValueError as exc:
-            raise DemoError(f"AEGEN_DEMO_EPOCHS and AEGEN_THREADS must be integers ({exc})") from None
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DemoConfig:
+        d = cls()
+
+        def number(name: str, default: int) -> int:
+            text = env(name, str(default), environ)
+            try:
+                return int(text)
+            except ValueError:
+                raise DemoError(f"AEGEN_{name.upper()} must be an integer, got {text!r}") from None
+
+        return cls(run_dir=env("demo_run", d.run_dir, environ), out_dir=env("demo_out", d.out_dir, environ),
+                   epochs=number("demo_epochs", d.epochs), threads=number("threads", d.threads),
+                   device=env("device", d.device, environ), plane_epochs=number("demo_plane_epochs", d.plane_epochs))
 
     def train_options(self) -> TrainOptions:
         return TrainOptions(kind="vae", arch=self.arch, latent_dim=self.latent_dim, hidden_dim=self.hidden_dim,
                             dataset="digits", epochs=self.epochs, seed=self.seed, out=self.run_dir,
                             kl_weight=self.kl_weight, lr_schedule=self.lr_schedule, augment=self.augment,
                             threads=self.threads, device=self.device)
+
+    def plane_options(self) -> list[TrainOptions]:
+        """The report's 2-D AE and VAE of digits 1 and 8: MLP, hidden 512, λ 2, BCE, lr 1e-3, no augmentation."""
+        if self.plane_epochs <= 0:
+            return []
+        return [TrainOptions(kind=kind, arch="mlp", latent_dim=2, hidden_dim=512, dataset="digits", classes=PLANE_CLASSES,
+                             epochs=self.plane_epochs, seed=self.seed, lr=1e-3, augment=False,
+                             kl_weight=2.0 if kind == "vae" else 0.0,  # an AE's checkpoint records 0
+                             out=str(Path(self.run_dir).parent / f"demo-{kind}2-1-8"), threads=self.threads,
+                             device=self.device) for kind in ("vae", "ae")]
 
 
 def _reusable(directory: Path, options: TrainOptions) -> bool:
@@ -79,7 +103,7 @@ def _reusable(directory: Path, options: TrainOptions) -> bool:
         return False
     wanted = dataclasses.asdict(options.model_config())
     return (dataclasses.asdict(config.model) == wanted and config.dataset == options.dataset
-            and config.classes is None and config.epochs == options.epochs and config.seed == options.seed
+            and config.classes == options.classes and config.epochs == options.epochs and config.seed == options.seed
             and config.loss == options.loss and config.kl_weight == options.kl_weight and config.limit is None
             and config.augment == options.augmented() and config.lr_schedule == options.lr_schedule
             and config.corrupt is None and config.kl_warmup_epochs == options.kl_warmup_epochs)
@@ -115,6 +139,13 @@ def run(config: DemoConfig) -> Path:
     if config.flow_epochs > 0 and not _flow_reusable(run_dir, config.flow_epochs):
         print(f"fitting the learned latent sampler (RealNVP, {config.flow_epochs} epochs) → {run_dir / FLOW_FILE}")
         fit_checkpoint_flow(run_dir, FlowOptions(epochs=config.flow_epochs, seed=config.seed, threads=config.threads))
+    for plane in config.plane_options():
+        if _reusable(Path(plane.out), plane):
+            print(f"reusing the 2-D {plane.kind.upper()} of digits 1 and 8 in {plane.out}")
+        else:
+            print(f"training the report's 2-D {plane.kind.upper()} (MLP, latent 2) on the digits 1 and 8 for "
+                  f"{plane.epochs} epochs → {plane.out}")
+            train(plane)
     metrics = ckpt.read_config(run_dir).metrics
     print("validation: " + "  ".join(f"{k} {v:.1f}" for k, v in metrics.items() if k.startswith("val_")))
     images = decode_seeds(run_dir, config.samples, config.seed)
