@@ -11,7 +11,7 @@ import torch
 
 from training.classifier import load_classifier
 from training.data import load_dataset, to_unit_float, train_val_split
-from training.evaluate import EvalError, frechet_distance, main, sample_metrics
+from training.evaluate import EvalError, frechet_distance, main, mixture_log_density, sample_metrics
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,24 @@ def test_frechet_distance_of_two_gaussians_matches_closed_form():
     a = rng.standard_normal((200_000, 3))
     b = 2 * rng.standard_normal((200_000, 3)) + np.array([1.0, 2.0, 0.0])
     assert frechet_distance(a, b) == pytest.approx(5.0 + 3.0, rel=0.02)
+
+
+def test_mixture_log_density_matches_the_gaussians_it_mixes():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 3))
+    a = rng.normal(size=(3, 3))
+    covs = np.stack([np.eye(3), a @ a.T + 0.5 * np.eye(3)])
+    means = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
+
+    def gaussian(mean, cov):  # the textbook density, by determinant and inverse
+        d = z - mean
+        quad = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+        return np.exp(-0.5 * quad) / np.sqrt((2 * np.pi) ** 3 * np.linalg.det(cov))
+
+    expected = np.log(0.3 * gaussian(means[0], covs[0]) + 0.7 * gaussian(means[1], covs[1]))
+    np.testing.assert_allclose(mixture_log_density(np.array([0.3, 0.7]), means, covs, z), expected, rtol=1e-10)
+    far = mixture_log_density(np.array([1.0]), means[:1], covs[:1], np.full((1, 3), 60.0))
+    assert np.isfinite(far).all() and far[0] < -5000  # log-sum-exp: no underflow to -inf
 
 
 def test_sample_metrics_refuse_images_outside_unit_range(classifier, real_val):

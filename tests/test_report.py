@@ -102,3 +102,17 @@ def test_report_embeds_the_training_curves_of_its_models(report: Path):
     assert len(embedded) == 5
     for name in embedded:
         png_size(report / "report" / name)
+
+
+def test_report_checks_issue_12_targets_and_shows_the_prior_hole(report: Path):
+    metrics = json.loads((report / "report" / "metrics.json").read_text())
+    text = (report / "report" / "README.md").read_text()
+    rows = metrics["recipe"]["rows"]
+    best = max(rows.values(), key=lambda m: m["validity"])
+    holds = "yes" if best["validity"] >= 0.96 else "**no**"
+    assert f"| best sampler's validity ≥ 0.96 | {best['validity']:.3f} | {holds} |" in text
+    hole = metrics["recipe"]["prior_hole"]
+    assert len(hole["validity_by_decile"]) == 10 and 0 <= hole["outside_share"] <= 1
+    assert "![validity of N(0, I) seeds by aggregate-posterior density](prior_hole.png)" in text
+    assert png_size(report / "report" / "prior_hole.png") == (600, 360)
+    assert "### What each change bought" in text

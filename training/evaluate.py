@@ -158,6 +158,20 @@ class LatentGaussian:
         return torch.from_numpy(self.mean + eps @ chol.T).float()
 
 
+def mixture_log_density(weights: np.ndarray, means: np.ndarray, covs: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """log Σ_j w_j N(z; μ_j, Σ_j) per row of z (N, d), for a full-covariance Gaussian mixture (k, d, d)."""
+    z = np.asarray(z, dtype=np.float64)
+    log_prob = np.empty((len(z), len(weights)))
+    for j, (mean, cov) in enumerate(zip(means, covs, strict=True)):
+        chol = np.linalg.cholesky(cov)
+        solved = np.linalg.solve(chol, (z - mean).T)  # L⁻¹(z − μ): its squared norm is the Mahalanobis distance
+        log_prob[:, j] = -0.5 * (z.shape[1] * np.log(2 * np.pi) + 2 * np.log(np.diag(chol)).sum()
+                                 + (solved**2).sum(axis=0))
+    weighted = log_prob + np.log(np.maximum(weights, np.finfo(np.float64).tiny))
+    top = weighted.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(weighted - top).sum(axis=1))
+
+
 @torch.no_grad()
 def encode_means(model: AutoEncoder, images: np.ndarray | torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Latent codes of float images: z for an AE, the mean M of q(z|x) for a VAE."""

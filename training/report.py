@@ -1,16 +1,21 @@
 """`aegen-report`: the chapter's experiments, reproduced and measured by one command.
 
-    aegen-report --out docs/report                          # the committed report (1 CPU core, ~10 minutes)
-    aegen-report --out /tmp/r --epochs 1 --epochs-2d 1 --limit 600 --samples 300   # a smoke run (~1 minute)
+    aegen-report --out docs/report          # the committed report (`make report`: one CPU thread)
+    aegen-report --out /tmp/r --epochs 1 --epochs-2d 1 --limit 600 --samples 300 --recipe-epochs 1   # a smoke run
 
-It trains four models on the embedded digits (aegen-train's `train`, checkpoints under --runs):
-an AE and a VAE with a 2-D latent on digits 1 and 8 only, for the latent scatter plots, and an AE and a
-VAE with a 16-D latent on all ten digits, for the sample grids and the table. It writes into --out:
+It trains, with aegen-train's `train` (checkpoints under --runs, reused when they match the options): the
+seed's AE and VAE with a 2-D latent on digits 1 and 8 only, for the latent scatter plots; the seed's AE and
+VAE with a 16-D latent on all ten digits (MLP); the measured recipe's VAE (docs/report/TUNING.md: resconv,
+latent 8), decoded from every latent sampler the server offers (N(0, I), fitted Gaussian, mixture, a RealNVP
+flow fitted here); and two denoising AEs (--corrupt noise and mask). It writes into --out:
 
     latent_ae2.png, latent_vae2.png     validation latents of the 2-D models, 1s blue, 8s red
     samples_*.png                       8×8 grids labelled with the classifier's verdict
+    denoising_*.png                     clean, corrupted and denoised validation images
+    curves_*.png                        each model's training curves
+    prior_hole.png                      validity of the recipe's N(0, I) seeds by aggregate-posterior density
     metrics.json                        every number in the tables
-    README.md                           the tables, the settings and what the numbers say
+    README.md                           the tables, the settings and what the numbers say (report_writing.py)
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from training.classifier import (
     ClassifierError,
     DigitClassifier,
     load_classifier,
+    predict,
     read_info,
 )
 from training.curves import CURVES_FILE
@@ -46,6 +52,7 @@ from training.evaluate import (
     denoising_metrics,
     encode_means,
     fit_latent_gaussian,
+    mixture_log_density,
     normal_seeds,
     reconstruction_metrics,
     sample_metrics,
@@ -55,12 +62,15 @@ from training.latent_sampler import FlowError, FlowOptions, train_flow
 from training.models import AutoEncoder
 from training.report_writing import (
     PAIR,
+    density_validity_figure,
     labelled_grid,
     latent_scatter,
     render_markdown,
     table,
 )
 from training.train import TrainError, TrainOptions, train
+
+HOLE_QUANTILE = 0.05  # a seed is "in the hole" where the mixture density is below 95 % of training latents
 
 
 class ReportError(Exception):
@@ -206,19 +216,38 @@ def _curves(t: TrainOptions, o: ReportOptions, name: str) -> str:
     return f"curves_{name}.png"
 
 
-def _mixture_seeds(latents: np.ndarray, k: int, n: int, seed: int) -> torch.Tensor:
-    # The exporter's EM fit (export/latent_samplers.py, numpy only), so the report measures what is served.
+def _mixture(latents: np.ndarray, k: int, n: int, seed: int) -> tuple[Any, torch.Tensor]:
+    """The exporter's EM fit (export/latent_samplers.py, numpy only), so the report measures what is served,
+    and n seeds drawn from it."""
     from export.latent_samplers import fit_mixture
 
     fit = fit_mixture(latents, components=k, seed=seed)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, fit.weights)
     parts = [rng.multivariate_normal(fit.means[j], fit.covs[j], c) for j, c in enumerate(counts) if c]
-    return torch.from_numpy(rng.permutation(np.concatenate(parts))).float()
+    return fit, torch.from_numpy(rng.permutation(np.concatenate(parts))).float()
+
+
+def _prior_hole(o: ReportOptions, classifier: DigitClassifier, fit: Any, latents: np.ndarray, z: torch.Tensor,
+                images: np.ndarray, mixture_validity: float, real_validity: float) -> dict[str, Any]:
+    """Where N(0, I) seeds land under the aggregate posterior (the fitted mixture stands for it) and how often
+    they decode to a valid digit there: the evidence for what limits N(0, I) validity."""
+    density = mixture_log_density(fit.weights, fit.means, fit.covs, z.numpy())
+    threshold = float(np.quantile(mixture_log_density(fit.weights, fit.means, fit.covs, latents), HOLE_QUANTILE))
+    valid = predict(classifier, images).valid
+    outside = density < threshold
+    deciles = [float(valid[part].mean()) for part in np.array_split(np.argsort(density), 10)]
+    figure = density_validity_figure(deciles, {f"{o.mixture_components}-component mixture seeds": mixture_validity,
+                                               "real training images": real_validity}, o.out / "prior_hole.png")
+    return {"quantile": HOLE_QUANTILE, "threshold": threshold, "outside_share": float(outside.mean()),
+            "validity_outside": float(valid[outside].mean()) if outside.any() else float("nan"),
+            "validity_inside": float(valid[~outside].mean()) if (~outside).any() else float("nan"),
+            "validity_by_decile": deciles, "figure": figure.name}
 
 
 def _recipe_rows(o: ReportOptions, classifier: DigitClassifier) -> dict[str, Any]:
-    """The measured recipe's VAE (augmented, cosine lr) decoding seeds from every served latent sampler."""
+    """The measured recipe's VAE decoding seeds from every served latent sampler, and where its N(0, I) seeds
+    fall short."""
     t = _train_options(o, f"vae{o.recipe_latent_dim}-{o.recipe_arch}-recipe", "vae", o.recipe_latent_dim, None,
                        o.recipe_epochs, o.recipe_arch, augment=o.recipe_augment, kl_weight=o.recipe_kl_weight,
                        kl_warmup_epochs=0, lr_schedule=o.recipe_lr_schedule)
@@ -235,21 +264,26 @@ def _recipe_rows(o: ReportOptions, classifier: DigitClassifier) -> dict[str, Any
         raise ReportError(f"the latent flow: {exc}") from None
     flow_seconds = time.process_time() - started
     d, k = o.recipe_latent_dim, o.mixture_components
+    fit, mixture_z = _mixture(latents, k, o.samples, o.seed)
     with torch.no_grad():
         seeds = {"N(0, I)": normal_seeds(o.samples, d, o.seed),
                  "fitted Gaussian": fit_latent_gaussian(model, train_x).sample(o.samples, o.seed),
-                 f"{k}-component mixture": _mixture_seeds(latents, k, o.samples, o.seed),
-                 "flow (RealNVP)": flow(normal_seeds(o.samples, d, o.seed))}
-    rows = {}
+                 f"{k}-component mixture": mixture_z, "flow (RealNVP)": flow(normal_seeds(o.samples, d, o.seed))}
+    rows, decoded = {}, {}
     for (sampler, z), short in zip(seeds.items(), ("normal", "fitted", "mixture", "flow"), strict=True):
-        images = decode_seeds(model, z)
+        images = decoded[sampler] = decode_seeds(model, z)
         slug = f"samples_recipe_{short}.png"
         labelled_grid(classifier, images, f"VAE {o.recipe_arch} latent {d}: {sampler} seeds", o.out / slug)
         rows[f"VAE {o.recipe_arch} {d} · {sampler} seeds"] = {**sample_metrics(images, real_val, classifier),
                                                               "figure": slug}
     model_row = {"checkpoint": t.out, "train_seconds": seconds, "epochs": config.epochs, "flow_seconds": flow_seconds,
-                 "curves": _curves(t, o, "recipe"), **reconstruction_metrics(model, config, split)}
-    return {"rows": rows, "model": model_row}
+                 "curves": _curves(t, o, "recipe"), **reconstruction_metrics(model, config, split),
+                 "val_elbo_by_epoch": {row["epoch"]: row["val_elbo"] for row in config.history
+                                       if row["epoch"] % 10 == 0 or row["epoch"] == config.epochs}}
+    real_validity = sample_metrics(to_unit_float(split.train_images[: o.samples]), real_val, classifier)["validity"]
+    hole = _prior_hole(o, classifier, fit, latents, seeds["N(0, I)"], decoded["N(0, I)"],
+                       rows[f"VAE {o.recipe_arch} {d} · {k}-component mixture seeds"]["validity"], real_validity)
+    return {"rows": rows, "model": model_row, "prior_hole": hole}
 
 
 def _denoising(o: ReportOptions, plain_ae: str) -> dict[str, Any]:
