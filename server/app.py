@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from protos.cli import fail
 from server.config import ConfigError, ServerConfig
+from server.core.admission import Admission
 from server.core.dataplane import DataPlane
 from server.core.errors import ServerError
 from server.core.registry import ModelRegistry
@@ -53,13 +54,15 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
     plane = DataPlane(registry, core)
 
     oip = OipModels(plane)
+    # One admission for every protocol: the excess of an overload is refused at once (core/admission.py).
+    admission = Admission(config.process.max_inflight_calls, config.process.max_wait_seconds)
 
     def add_aegen_v1(server) -> str:
-        aegen_v1.add_to_server(aegen_v1.GeneratorServicer(plane, metrics.calls("aegen_v1")), server)
+        aegen_v1.add_to_server(aegen_v1.GeneratorServicer(plane, metrics.calls("aegen_v1"), admission), server)
         return aegen_v1.SERVICE_NAME
 
     def add_oip(server) -> str:
-        oip_grpc.add_to_server(oip_grpc.InferenceServicer(oip, metrics.calls("oip_grpc")), server)
+        oip_grpc.add_to_server(oip_grpc.InferenceServicer(oip, metrics.calls("oip_grpc"), admission), server)
         return oip_grpc.SERVICE_NAME
 
     grpc_listener = GrpcListener(config, [add_aegen_v1, add_oip], reuse_port=worker is not None)
@@ -75,7 +78,8 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
         background.append(loop.create_task(_stop_when_orphaned(worker, stop)))
     try:
         if config.http.http_port:
-            http_listener = HttpListener(config, oip, metrics.calls("oip_http"), reuse_port=worker is not None)
+            http_listener = HttpListener(config, oip, metrics.calls("oip_http"), reuse_port=worker is not None,
+                                         admission=admission)
             await http_listener.start()
         if config.metrics.metrics_port and worker is None:
             metrics_http = _serve_metrics(metrics, config)

@@ -26,6 +26,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
+from server.core.admission import Admission
 from server.core.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -122,12 +123,20 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+# The inference methods: what server/core/admission.py admits (or refuses at once under overload).
+ADMITTED = frozenset({"GenerateSamples", "StreamSamples", "Encode", "Reconstruct", "ModelInfer"})
+
+
 @contextlib.asynccontextmanager
-async def observed_call(observer: CallObserver, method: str, context: grpc.aio.ServicerContext
-                        ) -> AsyncIterator[Call]:
+async def observed_call(observer: CallObserver, method: str, context: grpc.aio.ServicerContext,
+                        admission: Admission | None = None) -> AsyncIterator[Call]:
     call, code, started = Call(), grpc.StatusCode.OK, time.perf_counter()
     observer.call_started()
+    admitted = False
     try:
+        if admission is not None and method in ADMITTED:
+            admission.admit(deadline_of(context))
+            admitted = True
         yield call
     except ServerError as exc:
         code = status_of(exc)
@@ -140,16 +149,19 @@ async def observed_call(observer: CallObserver, method: str, context: grpc.aio.S
         log.exception("unexpected error", extra={"method": method})
         await context.abort(code, "internal error; the server log has the details")
     finally:
+        if admitted:
+            admission.release()
         observer.call_finished(method, call.model, code.name, time.perf_counter() - started)
 
 
 def rpc(method):
-    """Wrap a unary or server-streaming handler; the servicer has `self.calls`, a CallObserver."""
+    """Wrap a unary or server-streaming handler; the servicer has `self.calls`, a CallObserver, and
+    `self.admission`, an Admission or None."""
     name = method.__name__
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
-            async with observed_call(self.calls, name, context) as call:
+            async with observed_call(self.calls, name, context, self.admission) as call:
                 check_parsed(request)
                 async for reply in method(self, request, context, call):
                     yield reply
@@ -158,7 +170,7 @@ def rpc(method):
 
     @functools.wraps(method)
     async def unary(self, request, context: grpc.aio.ServicerContext):
-        async with observed_call(self.calls, name, context) as call:
+        async with observed_call(self.calls, name, context, self.admission) as call:
             check_parsed(request)
             return await method(self, request, context, call)
 

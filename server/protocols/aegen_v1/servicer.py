@@ -13,6 +13,7 @@ import grpc
 from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
 from protos.aegen.v1.names import DTYPE_NAMES, DTYPES, SAMPLER_NAMES, SAMPLERS
+from server.core.admission import Admission
 from server.core.dataplane import DEFAULT_DTYPE, DEFAULT_SAMPLER, DataPlane, Generated, PackedImages
 from server.core.errors import InvalidRequest
 from server.protocols.grpc_calls import Call, CallObserver, add_service, deadline_of, rpc
@@ -22,9 +23,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, plane: DataPlane, calls: CallObserver) -> None:
+    def __init__(self, plane: DataPlane, calls: CallObserver, admission: Admission | None = None) -> None:
         self.plane = plane
         self.calls = calls
+        self.admission = admission
 
     @rpc
     async def GenerateSamples(self, request: pb.GenerateSamplesRequest, context, call: Call):

@@ -183,6 +183,8 @@ def _json_object(text: memoryview) -> dict[str, Any]:
         raise InvalidRequest("the JSON inference header is not UTF-8") from None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"the JSON inference header is malformed: {e}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise InvalidRequest("the JSON inference header is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequest("the JSON inference header must be an object")
     return document

@@ -17,6 +17,7 @@ import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc
+from server.core.admission import Admission
 from server.core.errors import ServerError
 from server.protocols.grpc_calls import (
     Call,
@@ -43,9 +44,10 @@ _INFER_RESPONSE_TAG = encode_varint(
 
 
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, oip: OipModels, calls: CallObserver) -> None:
+    def __init__(self, oip: OipModels, calls: CallObserver, admission: Admission | None = None) -> None:
         self.oip = oip
         self.calls = calls
+        self.admission = admission
 
     @rpc
     async def ServerLive(self, request: pb.ServerLiveRequest, context, call: Call):
@@ -99,7 +101,11 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         code = "OK"
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            admitted = False
             try:
+                if self.admission is not None:  # each message of the stream is one inference
+                    self.admission.admit(deadline_of(context))
+                    admitted = True
                 reply = await self._infer(request, deadline_of(context))
                 await answers.put(_stream_reply(reply))
             except ServerError as exc:
@@ -108,6 +114,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.exception("unexpected error", extra={"method": "ModelStreamInfer"})
                 await answers.put(pb.ModelStreamInferResponse(error_message="internal error; see the server log"))
             finally:
+                if admitted:
+                    self.admission.release()
                 slots.release()
 
         async def read() -> None:

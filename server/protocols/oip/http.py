@@ -30,14 +30,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server import ui as explorer
 from server.config import ServerConfig
+from server.core.admission import Admission
 from server.core.errors import InvalidRequest
 from server.protocols.grpc_calls import Call, CallObserver
 from server.protocols.grpc_listener import StartError
-from server.protocols.oip import binary
+from server.protocols.oip import binary, http_limits
 from server.protocols.oip.http_calls import (
     error_response,
     json_response,
@@ -212,7 +212,7 @@ class _OneWrite:
         return getattr(self._transport, name)
 
 
-class _Protocol(H11Protocol):
+class _Protocol(http_limits.LimitedH11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_OneWrite(transport))  # type: ignore[arg-type]
 
@@ -226,14 +226,20 @@ class _Server(uvicorn.Server):
 class HttpListener:
     """The HTTP/REST side of the Open Inference Protocol on config.process.host:config.http.http_port."""
 
-    def __init__(self, config: ServerConfig, oip: OipModels, calls: CallObserver, *, reuse_port: bool) -> None:
+    def __init__(self, config: ServerConfig, oip: OipModels, calls: CallObserver, *, reuse_port: bool,
+                 admission: Admission | None = None) -> None:
         self.host, self.port = config.process.host, config.http.http_port
         self.reuse_port = reuse_port
         self.endpoints = Endpoints(oip, calls, config.http.max_body_bytes)
+        self.endpoints.admission = admission  # http_calls.observed admits ModelInfer calls through it
+        limits = config.http  # header size (431) and slow clients (408): http_limits.py
+        app = http_limits.limited(build_app(self.endpoints, config.http.ui), limits.max_header_bytes,
+                                  limits.client_timeout_seconds, error_response)
         self._uvicorn = uvicorn.Config(
-            build_app(self.endpoints, config.http.ui), lifespan="off", http=_Protocol, ws="none", log_config=None,
-            access_log=False, server_header=False, proxy_headers=False, timeout_keep_alive=_KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=config.process.grace_seconds)
+            app, lifespan="off", http=http_limits.protocol(limits.client_timeout_seconds, _Protocol), ws="none",
+            log_config=None, access_log=False, server_header=False, proxy_headers=False,
+            timeout_keep_alive=_KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=config.process.grace_seconds,
+            h11_max_incomplete_event_size=limits.max_header_bytes)
         # uvicorn's own start/stop lines ("press CTRL+C to quit") would describe a server that is not ours.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server: _Server | None = None

@@ -32,6 +32,7 @@ from server.core.errors import (
 )
 from server.protocols.grpc_calls import Call
 from server.protocols.oip.binary import JSON_CONTENT_TYPE
+from server.protocols.oip.http_limits import RequestTimeout
 
 log = logging.getLogger("aegen.server.http")
 
@@ -44,6 +45,7 @@ STATUS: dict[type[ServerError], int] = {
     InvalidRequest: 400,
     ModelNotFound: 404,
     BodyTooLarge: 413,
+    RequestTimeout: 408,
     QueueFull: 429,
     DeadlineExceeded: 504,
     ShuttingDown: 503,
@@ -69,21 +71,27 @@ def json_response(document: Any, status: int = 200, headers: dict[str, str] | No
 def error_response(status: int, message: str) -> Response:
     retry = RETRY_AFTER_SECONDS.get(status)
     headers = {"Retry-After": retry} if retry else {}
-    if status == 413:
+    if status in (408, 413, 431):
         headers["Connection"] = "close"  # rather than reading the rest of a body that will not be used
     return json_response({"error": message}, status, headers)
 
 
 def observed(method: str):
-    """Wrap an endpoint `handler(self, request, call) -> Response`; `self.calls` is a CallObserver."""
+    """Wrap an endpoint `handler(self, request, call) -> Response`; `self.calls` is a CallObserver, and
+    `self.admission` (an Admission, if there is one) admits ModelInfer calls."""
 
     def decorate(handler):
         @functools.wraps(handler)
         async def endpoint(self, request: Request) -> Response:
             call, code, started = Call(), "500", time.perf_counter()
             self.calls.call_started()
+            admission = getattr(self, "admission", None) if method == "ModelInfer" else None
+            admitted = False
             try:
                 try:
+                    if admission is not None:  # no deadline yet: parameters.timeout is in the body
+                        admission.admit()
+                        admitted = True
                     response = await handler(self, request, call)
                 except ServerError as exc:
                     response = error_response(status_of(exc), str(exc))
@@ -96,6 +104,8 @@ def observed(method: str):
                 code = str(response.status_code)
                 return response
             finally:
+                if admitted:
+                    admission.release()
                 self.calls.call_finished(method, call.model, code, time.perf_counter() - started)
 
         return endpoint
@@ -128,6 +138,8 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise InvalidRequest("the request body is JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return document
