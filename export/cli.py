@@ -3,7 +3,7 @@
     aegen-export runs/vae16 --repository model-repository --name digits-vae [--fp16] [--opset 18]
 
 Writes <repository>/<name>/<next version>/ (see export/repository.py): encoder.onnx, decoder.onnx,
-decoder_uint8.onnx, optionally decoder_fp16.onnx, latent_samplers.npz and manifest.json, and prints what
+decoder_uint8.onnx, optionally decoder_fp16.onnx and the int8 decoders (--int8), latent_samplers.npz and manifest.json, and prints what
 verification measured and how valid the decoded samples of each sampler are. Any bad input or failed check:
 one line on stderr, exit code 2, and nothing published.
 
@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
                    help="model repository directory (env AEGEN_REPOSITORY)")
     p.add_argument("--name", required=True, help="model name in the repository, e.g. digits-vae")
     p.add_argument("--fp16", action="store_true", help="also write decoder_fp16.onnx (fp16 inside, fp32 in/out)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write decoder_int8.onnx and decoder_int8_uint8.onnx (int8 weights, dynamic "
+                        "quantisation; aegen-serve --decoder-precision int8 serves them)")
     p.add_argument("--opset", type=int, default=_env_int("AEGEN_EXPORT_OPSET", DEFAULT_OPSET),
                    help=f"ONNX opset, 13..21 (default {DEFAULT_OPSET}; env AEGEN_EXPORT_OPSET)")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
@@ -74,7 +77,7 @@ def parse_args(argv: list[str] | None) -> tuple[ExportConfig, bool]:
                              ("--big-batch", a.big_batch, 0), ("--threads", a.threads or 1, 1)):
         if value < low:
             p.error(f"{flag} must be ≥ {low}, got {value}")
-    return ExportConfig(checkpoint=a.checkpoint, repository=a.repository, name=a.name, fp16=a.fp16,
+    return ExportConfig(checkpoint=a.checkpoint, repository=a.repository, name=a.name, fp16=a.fp16, int8=a.int8,
                         opset=a.opset, components=a.components, seed=a.seed, data_dir=a.data_dir,
                         quality_samples=a.quality_samples, figures=a.figures, threads=a.threads,
                         progress=not a.no_progress and sys.stderr.isatty(),

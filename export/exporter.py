@@ -32,6 +32,7 @@ from export.onnx_graphs import (
     default_opset,
     graph_io,
 )
+from export.quantize import verify_int8
 from export.repository import (
     GRAPH_FILES,
     LATENT_FLOW_INPUT,
@@ -64,6 +65,7 @@ class ExportConfig:
     repository: Path
     name: str
     fp16: bool = False
+    int8: bool = False  # also decoder_int8 and decoder_int8_uint8 (export/quantize.py)
     opset: int = DEFAULT_OPSET
     components: int = 40  # mixture components: 40 beat 5, 10 and 20 on every latent-8 model (docs/report/TUNING.md)
     seed: int = 0  # EM initialisation, verification seeds, validity seeds
@@ -96,11 +98,14 @@ def export_checkpoint(config: ExportConfig, log: Log = print) -> ModelVersion:
         bar.set_postfix_str("ONNX graphs")
         graphs = build_graphs(model, checkpoint.model, config.opset, config.fp16,
                               metadata={"model_name": config.name, "checkpoint_sha256": checkpoint_sha},
-                              exporter=config.exporter)
+                              exporter=config.exporter, int8=config.int8)
         serialized = {key: graph.proto.SerializeToString() for key, graph in graphs.items()}
         bar.update()
         bar.set_postfix_str("verification")
         verification = verify_graphs(serialized, model, val_images, verify_config)
+        if config.int8:
+            verification["decoder_int8"] = verify_int8(serialized, checkpoint.model.latent_dim, config.seed,
+                                                       threads=threads)
         if flow is not None:
             flow_module, flow_metadata = flow
             graphs["latent_flow"] = build_latent_flow_graph(
@@ -297,6 +302,10 @@ def _log_report(log: Log, version: ModelVersion, verification: dict) -> None:
         if key in verification:
             worst = max(_worst(v["max_abs_diff"]) for v in verification[key].values())
             log(f"  {key:<14} max |onnxruntime − torch| {worst:.2e} at batches {verification['batch_sizes']}")
+    if "decoder_int8" in verification:
+        q = verification["decoder_int8"]
+        log(f"  decoder_int8   max |int8 − fp32| {q['max_abs_diff']:.2e} ({q['max_grey_levels']} grey level(s) in "
+            f"uint8, {q['pixels_changed']:.2%} of pixels) over {q['samples']} latents")
     near = sum(v["differ_near_boundary"] for v in verification["decoder_uint8"].values())
     log(f"  decoder_uint8  equal to round(fp32·255) (half to even); {near} pixel(s) differ within "
         f"{verification['tolerances']['uint8_boundary_margin']:g} of a rounding boundary")

@@ -98,7 +98,8 @@ class ExportedGraph:
 
 
 def build_graphs(model: AutoEncoder, config: ModelConfig, opset: int = DEFAULT_OPSET, fp16: bool = False,
-                 metadata: dict[str, str] | None = None, exporter: str = "auto") -> dict[str, ExportedGraph]:
+                 metadata: dict[str, str] | None = None, exporter: str = "auto", int8: bool = False
+                 ) -> dict[str, ExportedGraph]:
     """Every graph of a version, keyed as in the manifest, checked and annotated.
 
     exporter: "auto" (dynamo, TorchScript if dynamo fails), "dynamo" or "torchscript" (~25× faster to run,
@@ -120,6 +121,11 @@ def build_graphs(model: AutoEncoder, config: ModelConfig, opset: int = DEFAULT_O
     if fp16:
         graphs["decoder_fp16"] = export_module(HalfDecoderGraph(model), latent, DECODER_INPUT, [DECODER_OUTPUT],
                                                opset, exporter)
+    if int8:  # export/quantize.py: int8 weights, float32 activations and output
+        from export.quantize import quantize_decoder
+        quantized = quantize_decoder(graphs["decoder"].proto)
+        graphs["decoder_int8"] = ExportedGraph(quantized, graphs["decoder"].exporter)
+        graphs["decoder_int8_uint8"] = ExportedGraph(uint8_decoder(quantized), graphs["decoder"].exporter)
     for key, graph in graphs.items():
         _pin_static_dims(graph.proto, key, config)
         annotate(graph.proto, key, config, metadata or {})

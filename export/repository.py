@@ -9,6 +9,8 @@ Layout, after Triton's model repository:
         decoder_uint8.onnx     latent → images uint8, round(x · 255) computed in the graph (half to even)
         decoder_fp16.onnx      optional: fp16 weights and arithmetic, float32 in and out (a drop-in for
                                decoder.onnx on GPUs)
+        decoder_int8.onnx      optional: decoder.onnx dynamically quantised (int8 weights), float32 in and out
+        decoder_int8_uint8.onnx  optional: the same with decoder_uint8's uint8 output (export/quantize.py)
         latent_samplers.npz    optional: the ex-post Gaussian and Gaussian mixture fitted to training latents
         latent_flow.onnx       optional: the learned sampler, a RealNVP flow fitted to the training latents
                                (training/latent_sampler.py): noise (batch, latent_dim) float32 ~ N(0, I) →
@@ -53,6 +55,8 @@ GRAPH_FILES = {
     "decoder": "decoder.onnx",
     "decoder_uint8": "decoder_uint8.onnx",
     "decoder_fp16": "decoder_fp16.onnx",
+    "decoder_int8": "decoder_int8.onnx",
+    "decoder_int8_uint8": "decoder_int8_uint8.onnx",
     "latent_flow": "latent_flow.onnx",
 }
 REQUIRED_GRAPHS = ("encoder", "decoder", "decoder_uint8")
@@ -62,7 +66,7 @@ AE_ENCODER_OUTPUTS = ("latent",)
 DECODER_INPUT = "latent"
 DECODER_OUTPUT = "images"
 GRAPH_DTYPES = {"encoder": "float32", "decoder": "float32", "decoder_uint8": "uint8", "decoder_fp16": "float32",
-                "latent_flow": "float32"}
+                "decoder_int8": "float32", "decoder_int8_uint8": "uint8", "latent_flow": "float32"}
 LATENT_FLOW_INPUT = "noise"  # ε ~ N(0, I), (batch, latent_dim): seeded like the standard_normal sampler's seeds
 LATENT_FLOW_OUTPUT = "latent"  # the decoder's input
 # Learned samplers: sampler name → the graph that turns N(0, I) noise into latents.

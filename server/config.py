@@ -199,6 +199,8 @@ _HELP = {
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
     "small_batch_samples": "on CPU, batches of up to this many samples run on a single-threaded session (0: off)",
     "intra_op_spinning": "let idle onnxruntime pool threads spin between runs (lower latency, burns CPU)",
+    "decoder_precision": "fp32, or int8: decode with the version's int8 decoders (aegen-export --int8) where "
+                         "it has them",
     "workers": "server processes sharing the port (SO_REUSEPORT), each with its own sessions and batcher",
     "cuda_graphs": "capture a CUDA graph per batch-size bucket (CUDA only)",
     "cuda_tf32": "let float32 matrix products use TF32 tensor cores: faster, ~1e-3 off exact (CUDA only)",

@@ -39,6 +39,7 @@ from server.core.stats import VersionStats
 log = logging.getLogger("aegen.server.models")
 
 OUTPUT_DTYPES = {"uint8": "decoder_uint8", "float32": "decoder"}  # response dtype → graph key
+INT8_OUTPUT_DTYPES = {"uint8": "decoder_int8_uint8", "float32": "decoder_int8"}  # --decoder-precision int8
 
 
 class ModelObserver(Protocol):
@@ -209,7 +210,7 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
     decoders = {
         dtype: DecoderRunner(model_version.graph_path(key), device, manifest.latent_dim,
                              tuple(manifest.image_shape), np.dtype(dtype), config.max_batch_size)
-        for dtype, key in OUTPUT_DTYPES.items()
+        for dtype, key in decoder_graphs(manifest, config.decoder_precision, str(model_version.path)).items()
     }
     try:
         for decoder in decoders.values():
@@ -220,6 +221,16 @@ def load_model(repository: Path, name: str, version: int, device: Device, config
     except Exception as exc:  # noqa: BLE001 - a graph that loads but cannot run is refused like a corrupt one
         raise ModelLoadError(f"{model_version.path}: warm-up failed ({exc})") from None
     return LoadedModel(model_version, samplers, encoder, decoders, config.max_samples_per_request, flow)
+
+
+def decoder_graphs(manifest: Manifest, precision: str, where: str) -> dict[str, str]:
+    """Response dtype → the graph that decodes it: the int8 ones when asked for and the version has them."""
+    if precision == "int8":
+        if all(key in manifest.graphs for key in INT8_OUTPUT_DTYPES.values()):
+            return INT8_OUTPUT_DTYPES
+        log.warning("--decoder-precision int8: this version has no int8 decoders (aegen-export --int8); "
+                    "serving its float32 ones", extra={"version": where})
+    return OUTPUT_DTYPES
 
 
 __all__ = ["Decoded", "Encoded", "LoadedModel", "ModelInfo", "ModelObserver", "load_model"]

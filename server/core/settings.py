@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from server.core.errors import ServerError
 
 DEVICES = ("auto", "cuda", "cpu")
+DECODER_PRECISIONS = ("fp32", "int8")
 CUDNN_CONV_ALGO_SEARCHES = ("HEURISTIC", "EXHAUSTIVE", "DEFAULT")
 
 # The largest sample the message-size limits are sized for: 4096 pixels (e.g. 1x64x64 or 3x32x32) and a
@@ -92,6 +93,7 @@ class CoreSettings:
     intra_op_threads: int = 0  # 0: onnxruntime's default
     small_batch_samples: int = 64  # CPU: up to this many samples per batch on a single-threaded session; 0: off
     intra_op_spinning: bool = False
+    decoder_precision: str = "fp32"  # int8: the version's int8 decoders (aegen-export --int8) where it has them
     cuda_graphs: bool = False
     cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
@@ -99,6 +101,7 @@ class CoreSettings:
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)
+        check_choice("decoder_precision", self.decoder_precision, DECODER_PRECISIONS)
         VersionPolicy.parse(self.version_policy)
         check_choice("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_CONV_ALGO_SEARCHES)
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
