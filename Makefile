@@ -62,12 +62,15 @@ $(CHECKOV):
 test: tools
 	PATH="$(CURDIR)/$(BIN):$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python -m pytest -q tests
 
-# The whole pipeline on the embedded digits: train (or reuse runs/demo-vae), export (or reuse the version
-# exported from the same weights), serve, request samples over aegen.v1 and the Open Inference Protocol
-# (gRPC and HTTP), print a metrics summary, stop.
+# The whole pipeline on the embedded digits: train (or reuse runs/demo-vae, and the report's 2-D AE and VAE
+# of digits 1 and 8), export (or reuse the version exported from the same weights), serve, request samples
+# over aegen.v1 and the Open Inference Protocol (gRPC and HTTP), print a metrics summary and the latent
+# explorer's address, screenshot it to demo-out/ (where `make tools` installed chromium), stop.
 demo: venv
 	$(BIN)/python -m training.demo
 	$(BIN)/aegen-export runs/demo-vae --repository model-repository --name digits-vae --fp16 --if-changed --figures demo-out
+	$(BIN)/aegen-export runs/demo-vae2-1-8 --repository model-repository --name digits18-vae2 --if-changed --quality-samples 0 --exporter torchscript
+	$(BIN)/aegen-export runs/demo-ae2-1-8 --repository model-repository --name digits18-ae2 --if-changed --quality-samples 0 --exporter torchscript
 	$(BIN)/python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
 # The AE-vs-VAE report in docs/report (about 10 minutes on one CPU core; reuses matching checkpoints in runs/report).

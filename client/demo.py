@@ -4,6 +4,11 @@ summary, stop the server.
 
     python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
+Then it prints the address of the latent explorer (the browser page at / on the HTTP port, docs/explorer.md)
+and, where Debian's chromium and chromium-driver are installed (`make tools`), opens it headless and saves
+what it shows: demo-out/explorer.png (a 2-D model's latent plane, a click and a drawn digit) and
+demo-out/explorer-traversal.png (the --model's traversal).
+
 The server runs as a real process (`python -m server`) on 127.0.0.1 with free ports, exactly as
 `aegen-serve` would; the requests go through the client library and `aegen-sample`. Without --model the
 demo uses the server's default for every client tool (AegenClient.default_model).
@@ -78,6 +83,72 @@ def oip_requests(target: str, http_url: str, model: str, seeds: list[int]) -> li
             f"seeds {seeds}: the same bytes as aegen.v1 GenerateSamples(seed=s, num_samples=1)"]
 
 
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+_IDLE = "document.getElementById('busy').hidden"
+
+
+def explorer_screenshots(http_url: str, plane_model: str | None, model: str, out: Path) -> list[str]:
+    """Open the explorer in headless chromium and save two screenshots; lines to print. Without chromium,
+    chromedriver or selenium: one line saying what is missing. A page that does not render is a DemoError."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.support.ui import WebDriverWait
+    except ImportError:
+        missing.append("selenium (the dev extra)")
+    if missing:
+        return [(f"no screenshot of the explorer: {', '.join(missing)} missing (`make tools` installs chromium "
+                 "and chromium-driver)")]
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1400", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    except WebDriverException as exc:
+        return [f"no screenshot of the explorer: chromium did not start ({exc.msg or exc})"]
+    lines = []
+
+    def wait(condition: str, what: str) -> None:
+        try:
+            WebDriverWait(driver, 60, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {condition};"))
+        except TimeoutException:
+            said = driver.execute_script("return document.getElementById('message').textContent")
+            raise DemoError(f"the explorer did not show {what} within 60 s (it says: {said!r})") from None
+
+    def save(name: str) -> None:
+        wait(_IDLE, "an idle page")
+        driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
+        driver.save_screenshot(str(out / name))
+        lines.append(f"explorer screenshot: {out / name}")
+
+    try:
+        if plane_model:
+            driver.get(f"{http_url}/#model={plane_model}")
+            wait("document.getElementById('plane-status').textContent.includes('encoded')", "the latent plane")
+            plane = driver.find_element("id", "plane-codes")
+            ActionChains(driver).move_to_element_with_offset(plane, plane.size["width"] // 5, -plane.size["height"] // 6
+                                                             ).click().perform()
+            canvas = driver.find_element("id", "draw-canvas")  # a "1", as a mouse would draw it
+            chain = ActionChains(driver).move_to_element_with_offset(canvas, 10, -100).click_and_hold()
+            for _ in range(10):
+                chain.move_by_offset(-2, 20)
+            chain.release().perform()
+            wait("document.getElementById('draw-recon').dataset.renders !== '0'", "the drawing's reconstruction")
+            save("explorer.png")
+        driver.get("about:blank")
+        driver.get(f"{http_url}/#model={model}")
+        wait("document.getElementById('interp-strip').dataset.renders !== '0'", "the interpolation")
+        save("explorer-traversal.png" if plane_model else "explorer.png")
+    finally:
+        driver.quit()
+    return lines
+
+
 def metrics_summary(exposition: str) -> list[str]:
     sums: dict[str, float] = {}
     info = []
@@ -116,15 +187,21 @@ def run(repository: Path, model: str | None, out: Path, device: str) -> None:
     try:
         print(f"ready after {wait_until_serving(target, proc):.1f} s (health SERVING)", flush=True)
         with AegenClient(target) as client:
-            for m in client.list_models():
+            served = client.list_models()
+            for m in served:
                 print(f"model {m.name}: kind {m.kind}, latent {m.latent_dim}, versions {list(m.versions)}")
             model = model or client.default_model()
+        planes = sorted((m.kind != "vae", m.name) for m in served if m.latent_dim == 2)  # a 2-D VAE first
         grid = out / "served-samples.png"
         code = sample.main(["--target", target, "--model", model, "-n", "64", "--seed", "7",
                                 "-o", str(grid)])
         if code != 0:
             raise DemoError(f"aegen-sample failed with exit code {code}")
         for line in oip_requests(target, http_url, model, [7, 8, 9]):
+            print(line, flush=True)
+        print(f"latent explorer (a browser page, while this server runs): {http_url}/ ; after the demo: "
+              f"aegen-serve --repository {repository}, then http://localhost:8000/", flush=True)
+        for line in explorer_screenshots(http_url, planes[0][1] if planes else None, model, out):
             print(line, flush=True)
         asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:

@@ -149,7 +149,7 @@ def test_a_click_on_the_2d_plane_decodes_that_point_among_the_held_out_codes(bro
     draw_a_one(browser)
     wait_for(browser, "document.getElementById('draw-recon').dataset.renders !== '0'", "the drawing's reconstruction")
     assert console_errors(browser) == [] and message(browser) == ""
-    screenshot(browser, docs_dir / "explorer-plane.png")
+    screenshot(browser, docs_dir / "explorer.png")
 
 
 def draw_a_one(browser) -> None:

@@ -112,7 +112,7 @@ function drawOverlay() {
       const [x, y] = toPixel(canvas, codes.points[2 * i], codes.points[2 * i + 1]);
       context.fillStyle = DIGIT_COLOURS[codes.labels[i]];
       context.beginPath();
-      context.arc(x, y, 5, 0, 2 * Math.PI);
+      context.arc(x, y, 6, 0, 2 * Math.PI);
       context.fill();
     }
     context.globalAlpha = 1;
