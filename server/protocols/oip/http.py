@@ -264,6 +264,8 @@ class HttpListener:
         if self._server is None or self._task is None:
             return
         self._server.config.timeout_graceful_shutdown = grace
+        for listener in self._server.servers:  # no new connection from now on: uvicorn's own loop would
+            listener.close()  # notice should_exit only within 0.1 s, and serve what connected meanwhile
         self._server.should_exit = True
         await self._task
 
