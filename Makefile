@@ -11,7 +11,7 @@ PERF_ANALYZER := $(TOOLS)/bin/perf_analyzer
 CUDA_RUNTIME := $(VENV)/.cuda-runtime-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test venv tools lint proto bench report clean
+.PHONY: demo test venv tools lint proto bench fuzz overload report clean
 
 venv: $(STAMP)
 
@@ -83,6 +83,15 @@ proto: venv
 # Benchmarks, not tests: tables and PNGs under docs/benchmarks/ (see docs/benchmarks/README.md). ~15 min.
 bench: venv
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
+# Robustness (docs/robustness.md): the long fuzz run, 100,000 inputs per protocol against a real server
+# (docs/robustness-fuzz.md; ~40 min on 2 cores), and the 60 s overload at 2x and 5x capacity on both protocols
+# (docs/robustness-overload.md and its RSS PNG; ~4 min). `make test` runs bounded versions of both.
+fuzz: venv
+	$(BIN)/python -m bench.fuzz $(FUZZ_ARGS)
+
+overload: venv
+	$(BIN)/python -m bench.overload $(OVERLOAD_ARGS)
 
 lint: tools
 	$(BIN)/ruff check training export server protos client tests bench
