@@ -192,14 +192,17 @@ def summary_rows(capacity: float, levels: list[Level]) -> list[list[str]]:
         refused = [o for o in outcomes if o.result == "refused"]
         late = [o for o in ok if o.seconds > DEADLINE_SECONDS]
         refused_ms = [o.seconds * 1000 for o in refused]
-        other = len(outcomes) - len(ok) - len(refused)
+        deadline = sum(o.result == "deadline" for o in outcomes)
+        deadline_by = "/".join(str(sum(o.result == "deadline" and o.protocol == p for o in outcomes))
+                               for p in ("grpc", "http"))
+        other = len(outcomes) - len(ok) - len(refused) - deadline
         rss = [r for _, r in level.rss]
         seconds = max((o.started for o in outcomes), default=1.0) or 1.0
         p50, p99 = percentile([o.seconds * 1000 for o in ok], 0.5), percentile([o.seconds * 1000 for o in ok], 0.99)
         rows.append([f"{level.factor:g}x", f"{level.rate:.0f}", f"{len(outcomes)}", f"{len(ok) / seconds:.0f}",
                      f"{100 * len(refused) / max(len(outcomes), 1):.1f} %",
                      f"{percentile(refused_ms, 0.5) or 0:.1f} / {percentile(refused_ms, 0.99) or 0:.1f}",
-                     f"{p50 or 0:.0f} / {p99 or 0:.0f}", str(len(late)), str(other),
+                     f"{p50 or 0:.0f} / {p99 or 0:.0f}", str(len(late)), deadline_by, str(other),
                      (f"{sum(o.retry_after for o in refused if o.protocol == 'http')}/"
                      f"{sum(o.protocol == 'http' for o in refused)}"),
                      f"{min(rss) / 2**20:.0f} – {max(rss) / 2**20:.0f}",
@@ -208,7 +211,7 @@ def summary_rows(capacity: float, levels: list[Level]) -> list[list[str]]:
 
 
 HEADER = ["load", "offered calls/s", "calls", "accepted calls/s", "refused", "refusal ms p50 / p99",
-          "accepted ms p50 / p99", "accepted past deadline", "other outcomes", "HTTP refusals with Retry-After",
+          "accepted ms p50 / p99", "accepted past deadline", "deadline exceeded gRPC/HTTP", "errors", "HTTP refusals with Retry-After",
           "server RSS MiB (min – max)", "recovery to 90 % (s)"]
 
 

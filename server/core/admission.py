@@ -4,8 +4,9 @@ One `Admission` per process is shared by every protocol. An inference call is re
 `QueueFull`: RESOURCE_EXHAUSTED over gRPC, 429 with Retry-After over HTTP) when
 
 - `max_calls` inference calls are in flight already (--max-inflight-calls), or
-- the calls ahead of it would, at the rate calls completed over the last second, take longer to finish
-  than its own deadline leaves, or than `max_wait` seconds (--max-wait-seconds) when it has none.
+- the calls ahead of it and itself would, at the rate calls completed over the last second, take longer to
+  finish than 80 % of what its own deadline leaves, or of `max_wait` seconds (--max-wait-seconds) when it has
+  none (the margin because that rate varies).
 
 So an accepted call can expect to finish within its deadline, and a refused one learns it at once and may
 retry elsewhere. While nothing has completed in the last second (start-up, idle) only the count applies.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from server.core.errors import QueueFull
 
 WINDOW_SECONDS = 1.0
+MARGIN = 0.8  # a call is admitted when the expected wait is within 80 % of what it may wait: rates vary
 
 
 class Overloaded(QueueFull):
@@ -44,7 +46,7 @@ class Admission:
             self._completions.popleft()
         if not self._completions:
             return None
-        return self.in_flight / (len(self._completions) / WINDOW_SECONDS)
+        return (self.in_flight + 1) / (len(self._completions) / WINDOW_SECONDS)  # the calls ahead, and this one
 
     def admit(self, deadline: float | None = None) -> None:
         """Count a call in, or raise Overloaded. `deadline` is a time.monotonic() value, or None."""
@@ -58,7 +60,7 @@ class Admission:
                 left = deadline - self._clock()
                 budget = left if budget is None else min(budget, left)
             wait = self.expected_wait() if budget is not None else None
-            if wait is not None and wait > budget:
+            if wait is not None and wait > MARGIN * budget:
                 self.refused += 1
                 raise Overloaded(f"the server is busy: the {self.in_flight} calls ahead need about {wait:.2f} s, "
                                  f"more than the {max(budget, 0):.2f} s this call may wait; try again later "

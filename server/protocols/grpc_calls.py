@@ -55,12 +55,26 @@ class CallObserver(Protocol):
 
 
 class Call:
-    """What a call's metrics need beyond its method: which model served it."""
+    """What a call's metrics need beyond its method: which model served it; and its admission, where the
+    handler admits the call itself once it knows the deadline (HTTP: parameters.timeout is in the body)."""
 
-    __slots__ = ("model",)
+    __slots__ = ("admission", "admitted", "model")
 
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission | None = None) -> None:
         self.model = ""
+        self.admission = admission
+        self.admitted = False
+
+    def admit(self, deadline: float | None) -> None:
+        """Admit the call (Overloaded when refused); a no-op without an admission."""
+        if self.admission is not None and not self.admitted:
+            self.admission.admit(deadline)
+            self.admitted = True
+
+    def release(self) -> None:
+        if self.admitted:
+            self.admission.release()
+            self.admitted = False
 
 
 class Unparsable:
@@ -130,13 +144,10 @@ ADMITTED = frozenset({"GenerateSamples", "StreamSamples", "Encode", "Reconstruct
 @contextlib.asynccontextmanager
 async def observed_call(observer: CallObserver, method: str, context: grpc.aio.ServicerContext,
                         admission: Admission | None = None) -> AsyncIterator[Call]:
-    call, code, started = Call(), grpc.StatusCode.OK, time.perf_counter()
+    call, code, started = Call(admission if method in ADMITTED else None), grpc.StatusCode.OK, time.perf_counter()
     observer.call_started()
-    admitted = False
     try:
-        if admission is not None and method in ADMITTED:
-            admission.admit(deadline_of(context))
-            admitted = True
+        call.admit(deadline_of(context))
         yield call
     except ServerError as exc:
         code = status_of(exc)
@@ -149,8 +160,7 @@ async def observed_call(observer: CallObserver, method: str, context: grpc.aio.S
         log.exception("unexpected error", extra={"method": method})
         await context.abort(code, "internal error; the server log has the details")
     finally:
-        if admitted:
-            admission.release()
+        call.release()
         observer.call_finished(method, call.model, code.name, time.perf_counter() - started)
 
 

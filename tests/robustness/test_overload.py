@@ -34,18 +34,18 @@ def test_admission_refuses_past_the_count_and_when_the_wait_ahead_exceeds_the_de
         raise AssertionError("a ninth call was admitted")
     except Overloaded as exc:
         assert "--max-inflight-calls" in str(exc)
-    for _ in range(4):  # 4 completions in the last second: 4 in flight need about 1 s
+    for _ in range(5):  # 5 completions in the last second: 3 in flight and a new call need about 0.8 s
         admission.release()
-    assert admission.expected_wait() == 1.0
+    assert admission.expected_wait() == 0.8
     try:
-        admission.admit(deadline=clock.now + 0.5)
+        admission.admit(deadline=clock.now + 0.9)  # within the deadline, but not within 80 % of it
         raise AssertionError("a call whose deadline is nearer than the wait ahead was admitted")
     except Overloaded as exc:
-        assert "0.50 s this call may wait" in str(exc)
-    admission.admit(deadline=clock.now + 2.0)
+        assert "0.90 s this call may wait" in str(exc)
+    admission.admit(deadline=clock.now + 1.0)
     clock.now += 2.0  # nothing completed in the last second: only the count applies
     admission.admit(deadline=clock.now + 0.001)
-    assert (admission.in_flight, admission.refused) == (6, 2)
+    assert (admission.in_flight, admission.refused) == (5, 2)
 
 
 async def _burst(target: str, http_url: str, calls: int) -> list[tuple[str, str, bool]]:

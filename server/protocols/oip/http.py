@@ -128,8 +128,10 @@ class Endpoints:
         if not isinstance(parameters, dict):
             raise InvalidRequest("'parameters' must be an object")
         listed = binary.requested_outputs(header, view.output_names) if header.get("outputs") else []
+        deadline = _deadline(parameters)
+        call.admit(deadline)  # refused at once under overload (server/core/admission.py)
         result = await self.oip.infer(name, version, inputs, parameters, [n for n, _ in listed] or None,
-                                      _deadline(parameters))
+                                      deadline)
         # Outputs nobody listed go binary as the request's parameters.binary_data_output says.
         binary_output = dict(listed or binary.requested_outputs({"parameters": parameters},
                                                                 [n for n, _ in result.outputs]))
@@ -231,7 +233,7 @@ class HttpListener:
         self.host, self.port = config.process.host, config.http.http_port
         self.reuse_port = reuse_port
         self.endpoints = Endpoints(oip, calls, config.http.max_body_bytes)
-        self.endpoints.admission = admission  # http_calls.observed admits ModelInfer calls through it
+        self.endpoints.admission = admission  # ModelInfer admits its calls through it (http_calls.observed)
         limits = config.http  # header size (431) and slow clients (408): http_limits.py
         app = http_limits.limited(build_app(self.endpoints, config.http.ui), limits.max_header_bytes,
                                   limits.client_timeout_seconds, error_response)

@@ -78,20 +78,17 @@ def error_response(status: int, message: str) -> Response:
 
 def observed(method: str):
     """Wrap an endpoint `handler(self, request, call) -> Response`; `self.calls` is a CallObserver, and
-    `self.admission` (an Admission, if there is one) admits ModelInfer calls."""
+    `self.admission` (an Admission, if there is one) is what ModelInfer's handler admits its call through."""
 
     def decorate(handler):
         @functools.wraps(handler)
         async def endpoint(self, request: Request) -> Response:
-            call, code, started = Call(), "500", time.perf_counter()
+            # ModelInfer's handler admits the call once it has read the deadline from the body (call.admit).
+            call = Call(getattr(self, "admission", None) if method == "ModelInfer" else None)
+            code, started = "500", time.perf_counter()
             self.calls.call_started()
-            admission = getattr(self, "admission", None) if method == "ModelInfer" else None
-            admitted = False
             try:
                 try:
-                    if admission is not None:  # no deadline yet: parameters.timeout is in the body
-                        admission.admit()
-                        admitted = True
                     response = await handler(self, request, call)
                 except ServerError as exc:
                     response = error_response(status_of(exc), str(exc))
@@ -104,8 +101,7 @@ def observed(method: str):
                 code = str(response.status_code)
                 return response
             finally:
-                if admitted:
-                    admission.release()
+                call.release()
                 self.calls.call_finished(method, call.model, code, time.perf_counter() - started)
 
         return endpoint
