@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Protocol
 
 import numpy as np
@@ -86,7 +87,7 @@ class Decoded:
     latents: np.ndarray  # (n, latent_dim) float32
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     n: int
     source: LatentSource
@@ -131,7 +132,10 @@ class Batcher:
         self.image_shape = tuple(first.image_shape)
         # Shared between the event loop (submit appends) and the inference thread (everything else): _lock.
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
+        # The thread sleeps on this queue (C code, unlike threading.Condition's notify): submit puts a token
+        # only while it sleeps and only when it has something new to decide.
+        self._wakeup: SimpleQueue[None] = SimpleQueue()
+        self._sleeping = False
         self._queues: dict[str, collections.deque[_Job]] = {k: collections.deque() for k in decoders}
         self._queued = {k: 0 for k in decoders}  # samples not yet handed to a batch, per dtype
         self._wake_at = 1  # queued requests that wake the inference thread (it raises this while it waits)
@@ -157,7 +161,7 @@ class Batcher:
         """Stop taking requests, decode what is queued, then stop."""
         with self._lock:
             self._closing = True
-            self._arrived.notify()
+            self._wakeup.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             await asyncio.sleep(0)  # the last batch's callback, posted before the thread ended
@@ -182,8 +186,10 @@ class Batcher:
             queue.append(job)
             self._queued[dtype] += n
             # Wake the thread only when it has something new to decide: no per-request wake-ups while it waits.
-            if len(queue) >= self._wake_at or self._queued[dtype] >= self.config.max_batch_size:
-                self._arrived.notify()
+            if self._sleeping and (len(queue) >= self._wake_at
+                                   or self._queued[dtype] >= self.config.max_batch_size):
+                self._sleeping = False
+                self._wakeup.put(None)
         self.observer.queue_depth_changed(n)
         return job.future
 
@@ -213,7 +219,7 @@ class Batcher:
             if self._closing:
                 return None
             self._wake_at = 1
-            self._arrived.wait()
+            self._sleep(None)
         if time.monotonic() - idle_since > self.config.adaptive_queue_delay_us / 1e6:
             self._last_requests = 1  # the queue sat idle: calls are not arriving back to back
         dtype = min((q[0].enqueued, k) for k, q in self._queues.items() if q)[1]
@@ -238,7 +244,19 @@ class Batcher:
             if remaining <= 0:
                 return
             self._wake_at = wanted
-            self._arrived.wait(remaining)
+            self._sleep(remaining)
+
+    def _sleep(self, timeout: float | None) -> None:
+        """(Holding the lock; released while asleep.) Until a submit wakes the thread, or timeout seconds."""
+        self._sleeping = True
+        self._lock.release()
+        try:
+            self._wakeup.get(timeout=timeout)
+        except Empty:
+            pass
+        finally:
+            self._lock.acquire()
+            self._sleeping = False  # a token put after a timeout only makes the next sleep return at once
 
     def _take(self, dtype: str) -> _Batch:
         """(Holding the lock.) Hand up to max_batch_size queued rows to a batch, dropping cancelled and

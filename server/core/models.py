@@ -83,7 +83,7 @@ class ModelInfo:
     def latent_dim(self) -> int:
         return self.manifest.latent_dim
 
-    @property
+    @functools.cached_property
     def samplers(self) -> tuple[str, ...]:
         """The samplers this version offers: the manifest's fitted ones, and a learned one per graph it has."""
         return offered_samplers(self.manifest)
@@ -161,7 +161,7 @@ class LoadedModel:
         return self.batcher.submit(n, source, dtype, deadline)
 
     def check_sampling(self, sampler: str, temperature: float) -> None:
-        latent_samplers.check_sampling(offered_samplers(self.manifest), sampler, temperature,
+        latent_samplers.check_sampling(self.info.samplers, sampler, temperature,
                                        f"model {self.name} version {self.number}")
 
     def check_images(self, shape: tuple[int, ...], dtype: str, data: bytes) -> np.ndarray:
