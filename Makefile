@@ -11,7 +11,7 @@ PERF_ANALYZER := $(TOOLS)/bin/perf_analyzer
 CUDA_RUNTIME := $(VENV)/.cuda-runtime-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test venv tools lint proto bench fuzz overload report clean
+.PHONY: demo test venv tools lint proto bench bench-peers fuzz overload report clean
 
 venv: $(STAMP)
 
@@ -83,6 +83,14 @@ proto: venv
 # Benchmarks, not tests: tables and PNGs under docs/benchmarks/ (see docs/benchmarks/README.md). ~15 min.
 bench: venv
 	$(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
+# aegen against Seldon MLServer 1.7.1 (docs/benchmarks/peers.md and its PNG; ~25 min on 2 cores). MLServer
+# gets its own venv: it pins packages (pydantic, protobuf, ...) the project must not downgrade.
+MLSERVER_VENV := .venv-mlserver
+bench-peers: venv tools
+	test -x $(MLSERVER_VENV)/bin/mlserver || ($(PYTHON) -m venv $(MLSERVER_VENV) && \
+		$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 onnxruntime==1.32.0)
+	$(BIN)/python -m bench.peers.run $(PEERS_ARGS)
 
 # Robustness (docs/robustness.md): the long fuzz run, 100,000 inputs per protocol against a real server
 # (docs/robustness-fuzz.md; ~40 min on 2 cores), and the 60 s overload at 2x and 5x capacity on both protocols

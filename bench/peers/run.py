@@ -1,0 +1,147 @@
+"""Peer benchmark: aegen against Seldon MLServer 1.7.1, the server a user would pick instead, on the same
+exported uint8 decoder, the same onnxruntime threads (2 intra-op) and the same client.
+
+- aegen: `python -m server --intra-op-threads 2` (its defaults otherwise: adaptive queue delay, the
+  single-threaded small-batch session), driven twice: over the Open Inference Protocol's gRPC by the
+  closed-loop client of bench/peers/oip_loop.py, and over aegen.v1 by aegen-loadtest;
+- MLServer: the custom runtime bench/peers/mlserver_runtime.py (seeds in, uint8 images out), one server
+  per adaptive-batching setting (SETTINGS), driven by the same OIP client.
+
+Every cell (N samples per request × calls in flight) runs each side `--rounds` times, rounds alternating
+between the servers, which all run side by side; the best round of each counts (others' work on the
+machine only ever slows a round down). Then perf_analyzer sweeps `--concurrency-range` against aegen over
+gRPC and HTTP, as a second, independent load generator. Writes docs/benchmarks/peers.md and peers.png.
+
+    python -m bench.peers.run [--repository R --model M] [--duration 5] [--rounds 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from bench.common import (
+    BenchError,
+    bench_model,
+    load,
+    load_parser,
+    machine_details,
+    serve_model,
+    write_result,
+)
+from bench.peers.mlserver import VERSION, MLServerSetting, check_installed, serve_mlserver
+from bench.peers.oip_loop import LoopResult, closed_loop
+from bench.peers.perf_sweep import perf_sweep
+from bench.peers.report import AEGEN_OIP, AEGEN_V1, Cell, body_markdown, plot
+from client.loadtest.scrape import BATCH_SIZE_METRIC, scrape_histograms
+from client.local import free_port
+
+SIZES = (1, 64, 1024, 8192)
+IN_FLIGHT = (1, 16, 64)
+# (max_batch_size requests, max_batch_time s); parallel_workers 1 does not start here (uvloop: "no current
+# event loop" in its worker), so inference runs in MLServer's own process, as in its single-process mode.
+SETTINGS = (MLServerSetting(1, 0.0), MLServerSetting(16, 0.001), MLServerSetting(64, 0.002),
+            MLServerSetting(64, 0.005), MLServerSetting(256, 0.010))
+# At N = 8192 a request is a full batch already: MLServer's batching only multiplies memory (a Python list
+# per pixel in its codec), so that row runs its unbatched setting alone.
+LARGE_ONLY = (MLServerSetting(1, 0.0),)
+
+
+def _aegen_oip(served, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
+    before = scrape_histograms(served.metrics_url, [BATCH_SIZE_METRIC])
+    result = closed_loop(served.target, model, n, in_flight, args.duration, args.warmup)
+    after = scrape_histograms(served.metrics_url, [BATCH_SIZE_METRIC])
+    count = after[BATCH_SIZE_METRIC].count - before[BATCH_SIZE_METRIC].count
+    batch = (after[BATCH_SIZE_METRIC].total - before[BATCH_SIZE_METRIC].total) / count if count else float("nan")
+    return Cell(AEGEN_OIP, n, in_flight, result.samples_per_s, result.latency_ms["p50"],
+                result.latency_ms["p99"], sum(result.errors.values()), batch)
+
+
+def _aegen_v1(served, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
+    level = load(served.target, num_samples=n, concurrency=(in_flight,), duration=args.duration,
+                 warmup=args.warmup, model=model, metrics_url=served.metrics_url).levels[0]
+    split = level.server or {}
+    return Cell(AEGEN_V1, n, in_flight, level.samples_per_s, level.latency_ms["p50"], level.latency_ms["p99"],
+                sum(level.errors.values()), split.get("batch_mean_samples", float("nan")))
+
+
+def _mlserver(server, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
+    before = server.batch_stats()
+    result: LoopResult = closed_loop(server.target, model, n, in_flight, args.duration, args.warmup)
+    after = server.batch_stats()
+    batches = after["batches"] - before["batches"]
+    batch = (after["samples"] - before["samples"]) / batches if batches else float("nan")
+    return Cell(server.setting.label, n, in_flight, result.samples_per_s, result.latency_ms["p50"],
+                result.latency_ms["p99"], sum(result.errors.values()), batch)
+
+
+def measure(args: argparse.Namespace, model, aegen, mlservers: dict) -> list[Cell]:
+    best: list[Cell] = []
+    for n in args.sizes:
+        for in_flight in args.in_flight:
+            sides = {AEGEN_OIP: (_aegen_oip, aegen), AEGEN_V1: (_aegen_v1, aegen)}
+            for setting, server in mlservers.items():
+                if n < 8192 or setting in LARGE_ONLY:
+                    sides[setting.label] = (_mlserver, server)
+            rounds: dict[str, list[Cell]] = {name: [] for name in sides}
+            for _ in range(args.rounds):
+                for name, (side, served) in sides.items():
+                    cell = side(served, model.name, n, in_flight, args)
+                    print(f"  N={n} in flight {in_flight} {name}: {cell.samples_per_s:,.0f} samples/s, "
+                          f"p99 {cell.p99_ms:.1f} ms", file=sys.stderr, flush=True)
+                    rounds[name].append(cell)
+            for cells in rounds.values():
+                top = max(cells, key=lambda c: c.samples_per_s)
+                top.rounds = [c.samples_per_s for c in cells]
+                best.append(top)
+    return best
+
+
+def run(args: argparse.Namespace) -> Path:
+    check_installed()
+    details = machine_details()
+    model = bench_model(args.repository, args.model, args.checkpoint)
+    decoder = model.repository / model.name
+    decoder = max((p for p in decoder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) / "decoder_uint8.onnx"
+    http_port = free_port()
+    settings = SETTINGS[:1] + SETTINGS[2:3] if args.quick else SETTINGS
+    with contextlib.ExitStack() as stack:
+        aegen = stack.enter_context(serve_model(model.repository, ["--http-port", str(http_port),
+                                                                   "--intra-op-threads", "2"]))
+        mlservers = {s: stack.enter_context(serve_mlserver(decoder, model.name, s)) for s in settings}
+        cells = measure(args, model, aegen, mlservers)
+        sweeps = [] if args.no_perf_analyzer else perf_sweep(aegen.target, f"127.0.0.1:{http_port}", model.name,
+                                                             args.perf_sizes, args.in_flight, args.duration)
+    png = args.out_dir / "peers.png"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    plot(cells, png)
+    body = body_markdown(cells, sweeps, settings, args, model.name, VERSION, png.name)
+    return write_result("peers", "Peer benchmark: aegen against Seldon MLServer", body, details, args.out_dir)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = load_parser(__doc__, duration=5.0, warmup=1.0, rounds_help="alternating rounds; the best per side counts")
+    p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=SIZES,
+                   help="samples per request, comma-separated (default 1,64,1024,8192)")
+    p.add_argument("--in-flight", type=lambda s: tuple(int(x) for x in s.split(",")), default=IN_FLIGHT,
+                   help="calls in flight, comma-separated (default 1,16,64)")
+    p.add_argument("--perf-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 1024),
+                   help="samples per request of the perf_analyzer sweeps (default 1,1024)")
+    p.add_argument("--no-perf-analyzer", action="store_true", help="skip the perf_analyzer sweeps")
+    p.add_argument("--quick", action="store_true", help="two MLServer settings only (to check that it runs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        print(run(parser().parse_args(argv)))
+    except BenchError as exc:
+        print(f"bench.peers: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
