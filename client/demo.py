@@ -42,15 +42,31 @@ class DemoError(Exception):
     pass
 
 
-async def _concurrent_requests(target: str, model: str, calls: int, n: int) -> None:
-    """Many small concurrent calls, so that the batcher has something to merge."""
+async def _concurrent_requests(target: str, model: str, calls: int, n: int) -> int:
+    """Many small concurrent calls, so that the batcher has something to merge. A call the server's admission
+    control refuses (RESOURCE_EXHAUSTED: the wait ahead is longer than a call may wait, as on a busy machine)
+    is tried again after a pause, as its message advises; returns how many refusals there were."""
     from protos.aegen.v1 import generator_pb2 as pb
     from protos.aegen.v1 import generator_pb2_grpc as pb_grpc
 
+    refused = 0
+
+    async def one(stub, seed: int) -> None:
+        nonlocal refused
+        for attempt in range(6):
+            try:
+                await stub.GenerateSamples(pb.GenerateSamplesRequest(model_name=model, num_samples=n, seed=seed))
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == 5:
+                    raise
+                refused += 1
+                await asyncio.sleep(0.25 * 2**attempt)
+
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.GeneratorServiceStub(channel)
-        await asyncio.gather(*(stub.GenerateSamples(pb.GenerateSamplesRequest(
-            model_name=model, num_samples=n, seed=i)) for i in range(calls)))
+        await asyncio.gather(*(one(stub, i) for i in range(calls)))
+    return refused
 
 
 def oip_requests(target: str, http_url: str, model: str, seeds: list[int]) -> list[str]:
@@ -203,7 +219,9 @@ def run(repository: Path, model: str | None, out: Path, device: str) -> None:
               f"aegen-serve --repository {repository}, then http://localhost:8000/", flush=True)
         for line in explorer_screenshots(http_url, planes[0][1] if planes else None, model, out):
             print(line, flush=True)
-        asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
+        refused = asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
+        print("64 concurrent GenerateSamples calls of 16 samples served"
+              + (f" ({refused} refusals by admission control, retried)" if refused else ""), flush=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             for line in metrics_summary(r.read().decode()):
                 print(f"  {line}")
