@@ -62,6 +62,7 @@ from training.latent_sampler import FlowError, FlowOptions, train_flow
 from training.models import AutoEncoder
 from training.report_writing import (
     PAIR,
+    all_rows,
     density_validity_figure,
     labelled_grid,
     latent_scatter,
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ReportError, TrainError, DataError, CheckpointError, ClassifierError, EvalError, OSError) as exc:
         return fail("aegen-report", exc)
     print(f"wrote {args.out}/README.md ({result['seconds']:.0f} s)")
-    for line in table(result["rows"]):
+    for line in table(all_rows(result)):
         print(line)
     return 0
 

@@ -68,10 +68,10 @@ def density_validity_figure(deciles: list[float], references: dict[str, float], 
     for (name, value), style in zip(references.items(), ("--", ":"), strict=False):
         ax.axhline(value, ls=style, color="black", lw=1, label=f"{name}: {value:.3f}")
     ax.set_xticks(range(1, len(deciles) + 1))
-    ax.set_xlabel("decile of log density under the fitted mixture (1 = lowest: between the clusters)")
+    ax.set_xlabel("decile of the seed's log density under the fitted mixture (1 = lowest)")
     ax.set_ylabel("validity")
     ax.set_ylim(0, 1.05)
-    ax.set_title("N(0, I) seeds: valid digits where the training latents are, blends between them", fontsize=9)
+    ax.set_title("N(0, I) seeds: validity by the density of training latents where they land", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     _png(fig, path)
@@ -201,7 +201,8 @@ def _limits(o: ReportOptions, r: dict[str, Any]) -> list[str]:
     lines += ["", "### What limits it" + (f" (missed: {', '.join(missed)})" if missed else ""), "",
               (f"- **The prior hole.** {hole['outside_share']:.1%} of the N(0, I) seeds land where the "
                f"{o.mixture_components}-component mixture fitted to the training latents (the aggregate posterior, "
-               f"as served) has less density than at {1 - hole['quantile']:.0%} of the training latents. Those "
+               f"as served) has less density than at {1 - hole['quantile']:.0%} of the training latents (a prior that matched "
+               f"the aggregate posterior would put {hole['quantile']:.0%} there). Those "
                f"decode to valid digits {hole['validity_outside']:.1%} of the time, the other seeds "
                f"{hole['validity_inside']:.1%}; by decile of that density validity goes from {deciles[0]:.1%} "
                f"(lowest) to {deciles[-1]:.1%} (highest), while the mixture's own seeds reach {mixture:.1%}. "
@@ -352,16 +353,19 @@ def render_markdown(o: ReportOptions, r: dict[str, Any]) -> str:
         "| model | epochs | reconstruction (nats/image) | KL | ELBO | MSE/pixel | training s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for kind, m in r["models"].items():
+    models = {f"{kind.upper()} latent {o.latent_dim}": m for kind, m in r["models"].items()}
+    models[f"VAE {o.recipe_arch} latent {o.recipe_latent_dim} (recipe)"] = r["recipe"]["model"]
+    for name, m in models.items():
         kl = f"{m['val_kl']:.2f}" if "val_kl" in m else "–"
         elbo = f"{m['val_elbo']:.2f}" if "val_elbo" in m else "–"
-        lines.append(f"| {kind.upper()} latent {o.latent_dim} | {m['epochs']} | {m['val_reconstruction']:.2f} | {kl} | "
+        lines.append(f"| {name} | {m['epochs']} | {m['val_reconstruction']:.2f} | {kl} | "
                      f"{elbo} | {m['val_mse_per_pixel']:.4f} | {m['train_seconds']:.0f} |")
     lines += [
         "",
         ("Reconstruction is the training loss on the validation images with z = M; the ELBO uses one "
         "sampled z per image and λ = 1. Pixels are grey levels, so the BCE-based ELBO is a score for "
-        "comparing models, not a log-likelihood."),
+        "comparing models, not a log-likelihood. Training seconds are the wall time of each epoch as the "
+        "checkpoint logged it, so they grow when other jobs share the CPU."),
         "",
         *_denoising_section(o, r),
         *_curves_section(o, r),
