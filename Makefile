@@ -73,7 +73,7 @@ demo: venv
 	$(BIN)/aegen-export runs/demo-ae2-1-8 --repository model-repository --name digits18-ae2 --if-changed --quality-samples 0 --exporter torchscript
 	$(BIN)/python -m client.demo --repository model-repository --model digits-vae --out demo-out
 
-# The AE-vs-VAE report in docs/report (about 10 minutes on one CPU core; reuses matching checkpoints in runs/report).
+# The AE-vs-VAE report in docs/report (about 20 minutes on one quiet CPU core; reuses matching checkpoints in runs/report).
 report: venv
 	OMP_NUM_THREADS=1 $(BIN)/aegen-report --out docs/report --runs runs/report --threads 1
 
