@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
+    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["grpc", "http"])
     parser.add_argument("--repository", help="a repository serving digits-vae (default: train and export one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "robustness-fuzz.md")
     args = parser.parse_args(argv)

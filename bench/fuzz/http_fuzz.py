@@ -17,6 +17,7 @@ nested 100,000 deep, truncated JSON, bytes that are not UTF-8. It checks:
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import math
 import socket
@@ -98,7 +99,8 @@ def infer_bodies(draw) -> tuple[str, bytes, dict[str, str]]:
         return kind, draw(st.sampled_from([b"\xff\xfe{}", b"\x00" * 10, b""]) | st.binary(max_size=64)), {}
     if kind == "replaced":
         for _ in range(draw(st.integers(1, 3))):
-            document = _replace(document, draw(st.sampled_from(PLACES)), draw(json_values))
+            # A copy: sampled values ([], {}) are shared objects that _replace would change in place.
+            document = _replace(document, draw(st.sampled_from(PLACES)), copy.deepcopy(draw(json_values)))
     text = json.dumps(document).encode()  # NaN and Infinity as Python writes them (not strict JSON)
     if kind == "truncated":
         return kind, text[:draw(st.integers(0, max(len(text) - 1, 0)))], {}
