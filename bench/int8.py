@@ -9,7 +9,7 @@
 
 It exports the benchmark checkpoint once more with --int8 into runs/bench/repository-int8 (git-ignored).
 
-    python -m bench.int8 [--checkpoint C] [--samples 10000] [--duration 5] [--rounds 2]
+    python -m bench.int8 [--checkpoint C] [--samples 10000] [--extra-model digits-vae=runs/demo-vae]
 """
 
 from __future__ import annotations
@@ -91,15 +91,12 @@ def decode_ms(path: Path, latent_dim: int, n: int, threads: int, repeats: int) -
     return statistics.median(times) * 1000
 
 
-def run(args: argparse.Namespace) -> Path:
-    details = machine_details()
-    model = bench_model(args.repository, args.model, args.checkpoint)
-    if model.checkpoint is None:
-        raise BenchError("the int8 export needs the checkpoint: pass --checkpoint")
-    repository = int8_repository(model.checkpoint, model.name)
-    version = load_version(repository, model.name)
+def model_sections(name: str, checkpoint: Path, samples: int) -> tuple[Path, str]:
+    """Export `checkpoint` with --int8 (cached), then its agreement/validity and in-process speed tables."""
+    repository = int8_repository(checkpoint, name)
+    version = load_version(repository, name)
     d = version.manifest.latent_dim
-    quality, diffs = agreement(version, model.checkpoint, args.samples)
+    quality, diffs = agreement(version, checkpoint, samples)
     speed = []
     for n in SIZES:
         for threads in (1, 2):
@@ -107,6 +104,33 @@ def run(args: argparse.Namespace) -> Path:
             fp32 = decode_ms(version.graph_path("decoder_uint8"), d, n, threads, repeats)
             int8 = decode_ms(version.graph_path("decoder_int8_uint8"), d, n, threads, repeats)
             speed.append([n, threads, f"{fp32:.3f}", f"{int8:.3f}", f"{fp32 / int8:.2f}×"])
+    quality_rows = [[s, fmt(q["decoder"]["validity"], 3), fmt(q["decoder_int8"]["validity"], 3),
+                     fmt(q["decoder"]["fcd"], 2), fmt(q["decoder_int8"]["fcd"], 2),
+                     f"{diffs[s]['max_abs']:.4f}", diffs[s]["max_levels"], f"{diffs[s]['mean_abs']:.5f}",
+                     f"{diffs[s]['changed']:.2%}"] for s, q in quality.items()]
+    report = version.manifest.verification.get("decoder_int8", {})
+    arch = version.manifest.training.get("config", {}).get("model", {}).get("arch", "?")
+    text = "\n".join([
+        f"## Model `{name}` ({arch} {version.manifest.kind}, latent {d}, from `{checkpoint}`)", "",
+        (f"Export verification: max |int8 − fp32| = {report.get('max_abs_diff', float('nan')):.4f} "
+         f"({report.get('max_grey_levels', '–')} grey levels) over {report.get('samples', '–')} latents."), "",
+        f"### Agreement with float32 and validity, {samples:,} seeds per sampler", "",
+        markdown_table(["sampler", "validity fp32", "validity int8", "FCD fp32", "FCD int8", "max |Δ| [0, 1]",
+                        "max |Δ| grey levels (uint8)", "mean |Δ|", "uint8 pixels changed"], quality_rows), "",
+        "### In-process decode time (uint8 graphs, median ms, onnxruntime without spinning)", "",
+        markdown_table(["N", "intra-op threads", "fp32 ms", "int8 ms", "speed-up"], speed), ""])
+    return repository, text
+
+
+def run(args: argparse.Namespace) -> Path:
+    details = machine_details()
+    model = bench_model(args.repository, args.model, args.checkpoint)
+    if model.checkpoint is None:
+        raise BenchError("the int8 export needs the checkpoint: pass --checkpoint")
+    repository, sections = model_sections(model.name, model.checkpoint, args.samples)
+    for extra in args.extra_model:
+        name, _, checkpoint = extra.partition("=")
+        sections += "\n" + model_sections(name, Path(checkpoint), args.samples)[1]
     served = {"fp32": {}, "int8": {}}
     with contextlib.ExitStack() as stack:
         servers = {"fp32": stack.enter_context(serve_model(repository)),
@@ -123,28 +147,20 @@ def run(args: argparse.Namespace) -> Path:
         served_rows.append([n, in_flight, fmt(best["fp32"].samples_per_s), fmt(best["int8"].samples_per_s),
                             f"{best['int8'].samples_per_s / best['fp32'].samples_per_s:.2f}×",
                             fmt(best["fp32"].latency_ms["p99"], 1), fmt(best["int8"].latency_ms["p99"], 1)])
-    quality_rows = [[s, fmt(q["decoder"]["validity"], 3), fmt(q["decoder_int8"]["validity"], 3),
-                     fmt(q["decoder"]["fcd"], 2), fmt(q["decoder_int8"]["fcd"], 2),
-                     f"{diffs[s]['max_abs']:.4f}", diffs[s]["max_levels"], f"{diffs[s]['mean_abs']:.5f}",
-                     f"{diffs[s]['changed']:.2%}"] for s, q in quality.items()]
-    report = version.manifest.verification.get("decoder_int8", {})
     body = "\n".join([
-        (f"Model `{model.name}` (the benchmark VAE), exported with `aegen-export --int8`: `decoder_int8` is "
-        f"`decoder.onnx` dynamically quantised by onnxruntime.quantization (int8 weights for every MatMul/Gemm, "
-        f"uint8 activations quantised per batch), `decoder_int8_uint8` the same with the uint8 tail. The export "
-        f"verification measured max |int8 − fp32| = {report.get('max_abs_diff', float('nan')):.4f} "
-        f"({report.get('max_grey_levels', '–')} grey levels) over {report.get('samples', '–')} latents."), "",
-        f"## Agreement with float32 and validity, {args.samples:,} seeds per sampler", "",
-        markdown_table(["sampler", "validity fp32", "validity int8", "FCD fp32", "FCD int8", "max |Δ| [0, 1]",
-                        "max |Δ| grey levels (uint8)", "mean |Δ|", "uint8 pixels changed"], quality_rows), "",
-        "## In-process decode time (uint8 graphs, median ms, onnxruntime without spinning)", "",
-        markdown_table(["N", "intra-op threads", "fp32 ms", "int8 ms", "speed-up"], speed), "",
-        f"## Served (aegen-loadtest, aegen.v1 uint8, {args.rounds} alternating rounds, best shown)", "",
+        ("`aegen-export --int8` adds `decoder_int8` (`decoder.onnx` dynamically quantised by "
+         "onnxruntime.quantization: int8 weights for every MatMul/Gemm, uint8 activations quantised per batch; "
+         "convolutions stay float32) and `decoder_int8_uint8` (the same with the uint8 tail); "
+         "`aegen-serve --decoder-precision int8` decodes with them. Validity: the shipped digit judge "
+         "(training/evaluate.py) on each decoder's images of the same seeds, drawn as the export report draws them."),
+        "", sections,
+        f"## Served: model `{model.name}`, aegen.v1 uint8 (aegen-loadtest, {args.rounds} alternating rounds, best)",
+        "",
         markdown_table(["N", "in flight", "fp32 samples/s", "int8 samples/s", "int8 / fp32", "fp32 p99 ms",
                         "int8 p99 ms"], served_rows), "",
         ("Dynamic quantisation picks the activations' scale from each batch's own range, so an int8 server's "
-        "bytes for a seed depend (slightly) on what the seed was batched with: the same-seed-same-bytes "
-        "guarantee holds for the float32 decoders only."),
+         "bytes for a seed depend (slightly) on what the seed was batched with: the same-seed-same-bytes "
+         "guarantee holds for the float32 decoders only."),
     ])
     return write_result("int8", "Benchmark g: the int8 decoder against float32", body, details, args.out_dir)
 
@@ -152,6 +168,8 @@ def run(args: argparse.Namespace) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = load_parser(__doc__, duration=5.0, warmup=1.0, rounds_help="alternating rounds; the best counts")
     p.add_argument("--samples", type=int, default=10000, help="seeds per sampler for the validity check")
+    p.add_argument("--extra-model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="also measure this checkpoint's int8 export (agreement, validity, speed); repeatable")
     return p
 
 

@@ -50,12 +50,15 @@ def summary(cells: list[Cell]) -> tuple[list[list[object]], list[str]]:
         best = max(peers, key=lambda c: c.samples_per_s)
         reference = here.get(REFERENCE_SETTING)
         oip, v1 = here[AEGEN_OIP], here.get(AEGEN_V1)
+        before = next((c for side, c in here.items() if side.startswith("aegen before")), None)
         vs_best = _ratio(oip.samples_per_s, best.samples_per_s)
         vs_reference = _ratio(oip.samples_per_s, reference.samples_per_s) if reference else float("nan")
         rows.append([n, in_flight, fmt(oip.samples_per_s), fmt(v1.samples_per_s) if v1 else "–",
                      f"{fmt(best.samples_per_s)} ({best.side.removeprefix('MLServer, ').removesuffix(', 0 worker(s)')})",
                      fmt(reference.samples_per_s) if reference else "–", f"{vs_best:.2f}×",
-                     f"{vs_reference:.2f}×" if math.isfinite(vs_reference) else "–"])
+                     f"{vs_reference:.2f}×" if math.isfinite(vs_reference) else "–",
+                     f"{fmt(before.samples_per_s)} → {_ratio(oip.samples_per_s, before.samples_per_s):.2f}×"
+                     if before else "–"])
         if n in TARGET_SIZES:
             verdicts.append(f"- N = {n}, {in_flight} in flight: {vs_best:.2f}× MLServer's best "
                             f"({'met' if vs_best >= 2 else 'missed'}), {vs_reference:.2f}× its 2 ms / 64 "
@@ -88,7 +91,8 @@ def body_markdown(cells: list[Cell], sweeps: list, settings, args: argparse.Name
         "## aegen against MLServer, per cell",
         "",
         markdown_table(["N", "in flight", "aegen OIP samples/s", "aegen.v1 samples/s", "MLServer best (setting)",
-                        "MLServer 2 ms / 64", "aegen OIP / MLServer best", "aegen OIP / 2 ms / 64"], rows),
+                        "MLServer 2 ms / 64", "aegen OIP / MLServer best", "aegen OIP / 2 ms / 64",
+                        "aegen OIP before this issue → now"], rows),
         "Targets (N in {1, 64, 1024}): ≥ 2× MLServer's best setting, ≥ 3× its 2 ms / 64 setting.",
         "",
         *verdicts,

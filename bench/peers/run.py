@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bench.common import (
+    PYTHON,
+    ROOT,
     BenchError,
+    _process,
     bench_model,
     load,
     load_parser,
@@ -37,6 +43,8 @@ from bench.peers.perf_sweep import perf_sweep
 from bench.peers.report import AEGEN_OIP, AEGEN_V1, Cell, body_markdown, plot
 from client.loadtest.scrape import BATCH_SIZE_METRIC, scrape_histograms
 from client.local import free_port
+
+AEGEN_BEFORE = "aegen before this issue, OIP gRPC"
 
 SIZES = (1, 64, 1024, 8192)
 IN_FLIGHT = (1, 16, 64)
@@ -77,11 +85,40 @@ def _mlserver(server, model: str, n: int, in_flight: int, args: argparse.Namespa
                 result.latency_ms["p99"], sum(result.errors.values()), batch)
 
 
-def measure(args: argparse.Namespace, model, aegen, mlservers: dict) -> list[Cell]:
+def _aegen_before(served, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
+    cell = _aegen_oip(served, model, n, in_flight, args)
+    cell.side = f"{AEGEN_BEFORE} ({args.before})"
+    return cell
+
+
+@contextlib.contextmanager
+def serve_old_aegen(commit: str, repository: Path, extra: list[str]):
+    """aegen as of `commit` (git archive into a temporary tree), run with that tree first on sys.path."""
+    tree = Path(tempfile.mkdtemp(prefix="aegen-before-"))
+    try:
+        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        port, metrics_port = free_port(), free_port()
+        launcher = f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); runpy.run_module('server', run_name='__main__')"
+        argv = [PYTHON, "-c", launcher, "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
+                "--metrics-port", str(metrics_port), "--http-port", "0", "--device", "cpu", "--log-level", "WARNING",
+                "--repository-poll-seconds", "0", *extra]
+        with _process(argv, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", None, health=True,
+                      timeout=120) as served:
+            yield served
+    except subprocess.CalledProcessError as exc:
+        raise BenchError(f"git archive {commit} failed: {exc.stderr!r}") from None
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, model, aegen, mlservers: dict, before=None) -> list[Cell]:
     best: list[Cell] = []
     for n in args.sizes:
         for in_flight in args.in_flight:
             sides = {AEGEN_OIP: (_aegen_oip, aegen), AEGEN_V1: (_aegen_v1, aegen)}
+            if before is not None:
+                sides[AEGEN_BEFORE] = (_aegen_before, before)
             for setting, server in mlservers.items():
                 if n < 8192 or setting in LARGE_ONLY:
                     sides[setting.label] = (_mlserver, server)
@@ -111,7 +148,9 @@ def run(args: argparse.Namespace) -> Path:
         aegen = stack.enter_context(serve_model(model.repository, ["--http-port", str(http_port),
                                                                    "--intra-op-threads", "2"]))
         mlservers = {s: stack.enter_context(serve_mlserver(decoder, model.name, s)) for s in settings}
-        cells = measure(args, model, aegen, mlservers)
+        before = (stack.enter_context(serve_old_aegen(args.before, model.repository, ["--intra-op-threads", "2"]))
+                  if args.before else None)
+        cells = measure(args, model, aegen, mlservers, before)
         sweeps = [] if args.no_perf_analyzer else perf_sweep(aegen.target, f"127.0.0.1:{http_port}", model.name,
                                                              args.perf_sizes, args.in_flight, args.duration)
     png = args.out_dir / "peers.png"
@@ -130,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--perf-sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 1024),
                    help="samples per request of the perf_analyzer sweeps (default 1,1024)")
     p.add_argument("--no-perf-analyzer", action="store_true", help="skip the perf_analyzer sweeps")
+    p.add_argument("--before", help="also serve aegen as of this commit (OIP side), for a before/after per cell")
     p.add_argument("--quick", action="store_true", help="two MLServer settings only (to check that it runs)")
     return p
 
