@@ -5,7 +5,7 @@ One `Admission` per process is shared by every protocol. An inference call is re
 
 - `max_calls` inference calls are in flight already (--max-inflight-calls), or
 - the calls ahead of it and itself would, at the rate calls completed over the last second, take longer to
-  finish than 80 % of what its own deadline leaves, or of `max_wait` seconds (--max-wait-seconds) when it has
+  finish than half of what its own deadline leaves, or of `max_wait` seconds (--max-wait-seconds) when it has
   none (the margin because that rate varies).
 
 So an accepted call can expect to finish within its deadline, and a refused one learns it at once and may
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from server.core.errors import QueueFull
 
 WINDOW_SECONDS = 1.0
-MARGIN = 0.8  # a call is admitted when the expected wait is within 80 % of what it may wait: rates vary
+MARGIN = 0.5  # a call is admitted when the expected wait is within half of what it may wait: rates vary
 
 
 class Overloaded(QueueFull):
@@ -63,7 +63,7 @@ class Admission:
             if wait is not None and wait > MARGIN * budget:
                 self.refused += 1
                 raise Overloaded(f"the server is busy: the {self.in_flight} calls ahead need about {wait:.2f} s, "
-                                 f"more than the {max(budget, 0):.2f} s this call may wait; try again later "
+                                 f"more than half of the {max(budget, 0):.2f} s this call may wait; try again later "
                                  f"or elsewhere")
         self.in_flight += 1
 

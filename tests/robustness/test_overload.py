@@ -38,11 +38,11 @@ def test_admission_refuses_past_the_count_and_when_the_wait_ahead_exceeds_the_de
         admission.release()
     assert admission.expected_wait() == 0.8
     try:
-        admission.admit(deadline=clock.now + 0.9)  # within the deadline, but not within 80 % of it
+        admission.admit(deadline=clock.now + 1.5)  # within the deadline, but not within half of it
         raise AssertionError("a call whose deadline is nearer than the wait ahead was admitted")
     except Overloaded as exc:
-        assert "0.90 s this call may wait" in str(exc)
-    admission.admit(deadline=clock.now + 1.0)
+        assert "half of the 1.50 s this call may wait" in str(exc)
+    admission.admit(deadline=clock.now + 1.7)
     clock.now += 2.0  # nothing completed in the last second: only the count applies
     admission.admit(deadline=clock.now + 0.001)
     assert (admission.in_flight, admission.refused) == (5, 2)
