@@ -175,7 +175,7 @@ def payload(draw, messages: st.SearchStrategy) -> tuple[str, bytes]:
         return how, draw(st.binary(min_size=1, max_size=200))
     if how == "varint":  # a field record announcing far more bytes than follow
         return how, bytes([draw(st.integers(1, 15)) << 3 | 2]) + b"\xff\xff\xff\xff\x0f" + b"x"
-    data = draw(messages).SerializeToString()
+    data = draw(messages).SerializeToString(deterministic=True)  # map entries in key order: reproducible
     if len(data) > MAX_BYTES:  # hundreds of megabyte-sized elements: keep the start
         return "truncated", data[:MAX_BYTES]
     if how == "message" or not data:
