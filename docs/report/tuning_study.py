@@ -74,6 +74,10 @@ SETTINGS: dict[str, dict] = {
     "conv8-aug-e30-cos": {"epochs": 30, "lr_schedule": "cosine"},
     "resconv8-aug-e14-cos": {"arch": "resconv", "epochs": 14, "lr_schedule": "cosine"},
     "resconv8-e40": {"arch": "resconv", "epochs": 40, "augment": False},  # the report-model candidate
+    "resconv8-e60": {"arch": "resconv", "epochs": 60, "augment": False},  # the report's recipe checkpoint
+    "resconv8-e90": {"arch": "resconv", "epochs": 90, "augment": False},  # resumed from it
+    "resconv8-e10": {"arch": "resconv", "epochs": 10, "augment": False},  # resconv in make demo's CPU budget
+    "conv8-w5": {"augment": False, "kl_warmup_epochs": 5},
     # the seed's MLP, for reference
     "mlp16-l2": {"arch": "mlp", "latent_dim": 16, "kl_weight": 2.0, "augment": False},
 }
@@ -148,6 +152,8 @@ def run(name: str) -> None:
         entry["val"] = {k: v for k, v in metrics.items() if k.startswith("val_")}
         save_result(name, entry)
         print(f"{name}: trained in {entry['train_cpu_s']:.0f} CPU s", flush=True)
+    elif "val" not in entry:  # a checkpoint trained elsewhere (copied, or resumed by hand): no CPU time known
+        entry["val"] = {k: v for k, v in ckpt.read_config(options.out).metrics.items() if k.startswith("val_")}
     judge(name, entry)
     print(f"{name}: " + "  ".join(f"{s} {m['validity']:.3f}" for s, m in entry["sampling"].items()), flush=True)
 
@@ -178,9 +184,10 @@ def table(names: list[str], mixture: int = 40) -> str:
         if not entry or "sampling" not in entry:
             continue
         sampling = entry["sampling"]
+        cpu = f"{entry['train_cpu_s']:.0f}" if "train_cpu_s" in entry else "–"
         lines.append(f"| {describe(name)} | {_cells(sampling.get('N(0,1)'))} | {_cells(sampling.get(f'mixture{mixture}'))} "
                      f"| {_cells(sampling.get('flow'))} | {entry['val'].get('val_elbo', float('nan')):.1f} "
-                     f"| {entry['train_cpu_s']:.0f} |")
+                     f"| {cpu} |")
     return "\n".join(lines)
 
 
@@ -199,7 +206,8 @@ def sampler_table(names: list[str]) -> str:
 
 
 ORDER = ["conv2-aug", "conv4-aug", "conv8-aug", "conv16-aug", "conv32-aug", "conv8", "resconv8-aug", "resconv8",
-         "conv8-aug-l2", "conv8-aug-w5", "conv8-aug-cos", "conv8-aug-e40-cos", "conv8-e40-cos", "resconv8-e40"]
+         "conv8-aug-l2", "conv8-aug-w5", "conv8-w5", "conv8-aug-cos", "conv8-aug-e40-cos", "conv8-e40-cos", "resconv8-e10",
+         "resconv8-e40", "resconv8-e60", "resconv8-e90"]
 
 
 def write_tuning(path: Path) -> None:
