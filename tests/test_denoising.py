@@ -1,5 +1,5 @@
 """Denoising: a model trained with --corrupt restores corrupted digits, in PyTorch, through aegen-eval, and
-through the exported encoder and decoder graphs (what the server's Reconstruct runs)."""
+through a real server's Reconstruct on the exported graphs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
+from client.client import AegenClient
 from export.exporter import ExportConfig, export_checkpoint
 from export.verify import VerifyConfig
+from tests.plugins.server import TEST_FLAGS, start_aegen_server
 from training import checkpoint as ckpt
 from training.augment import Corruption, psnr
 from training.data import to_unit_float
@@ -46,18 +47,22 @@ def test_a_denoising_model_restores_corrupted_digits_better_than_a_plain_one(mod
     assert denoiser["examples"]["corrupted"].shape == (16, 1, 28, 28)
 
 
-def test_the_exported_graphs_denoise_as_the_server_reconstructs(models: dict[str, Path], tmp_path: Path) -> None:
-    version = export_checkpoint(ExportConfig(models["noise"], tmp_path / "repo", "denoiser", quality_samples=0,
-                                             threads=1, progress=False, exporter="torchscript",
-                                             verify=VerifyConfig(big_batch=0)), log=lambda line: None)
+def test_the_server_reconstruct_denoises_with_such_a_model(models: dict[str, Path], tmp_path: Path) -> None:
+    """The whole path: export the noise-trained AE, serve it, send noisy digits to Reconstruct (aegen.v1)."""
+    export_checkpoint(ExportConfig(models["noise"], tmp_path / "repo", "denoiser", quality_samples=0, threads=1,
+                                   progress=False, exporter="torchscript", verify=VerifyConfig(big_batch=0)),
+                      log=lambda line: None)
     clean = _val(models["noise"])
     noisy = Corruption.parse("noise:0.4").apply(torch.from_numpy(clean), torch.Generator().manual_seed(1)).numpy()
-    encoder = ort.InferenceSession(str(version.path / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(version.path / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    (latent,) = encoder.run(None, {"images": noisy})
-    (restored,) = decoder.run(None, {"latent": latent})
+    server = start_aegen_server(tmp_path / "repo", tmp_path, *TEST_FLAGS)
+    try:
+        with AegenClient(server.target) as client:
+            restored = client.reconstruct("denoiser", noisy, dtype="float32")
+    finally:
+        assert server.stop() == 0
+    assert restored.shape == noisy.shape
     clean_t = torch.from_numpy(clean)
-    assert psnr(clean_t, torch.from_numpy(restored)) > psnr(clean_t, torch.from_numpy(noisy)) + 3
+    assert psnr(clean_t, torch.from_numpy(restored.copy())) > psnr(clean_t, torch.from_numpy(noisy)) + 3  # dB
 
 
 def test_aegen_eval_reports_denoising_psnr(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
