@@ -56,6 +56,7 @@ _ALL_CONTENTS_FIELDS = (*dict.fromkeys(CONTENTS_FIELDS.values()), "bytes_content
 # No tensor may hold more elements than this, whatever its byte size: it keeps a shape such as
 # [2**40, 2**40] from being turned into an allocation, and sizes fit in 32-bit counters downstream.
 MAX_ELEMENTS = 2**31
+MAX_DIMS = 32  # dimensions of a tensor (numpy's own limit is 64)
 
 
 def numpy_dtype(name: str, datatype: str) -> np.dtype:
@@ -78,20 +79,33 @@ def datatype_of(dtype: np.dtype | type) -> str:
 
 
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """The number of elements of `shape`, checked: integer dimensions, none negative, at most
-    MAX_ELEMENTS in all. Computed in Python integers, so it cannot overflow."""
+    """The number of elements of `shape`, checked: at most MAX_DIMS integer dimensions, none negative, at
+    most MAX_ELEMENTS in all. Computed in Python integers, so it cannot overflow."""
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise InvalidRequest(f"tensor {name!r}: shape must be a list of integers, got {shape!r}")
+        raise InvalidRequest(f"tensor {name!r}: shape must be a list of integers, got {_shown(shape)}")
+    if len(shape) > MAX_DIMS:  # numpy arrays have at most 64
+        raise InvalidRequest(f"tensor {name!r}: shape has {len(shape)} dimensions, more than {MAX_DIMS}")
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-            raise InvalidRequest(f"tensor {name!r}: shape {list(shape)} has a non-integer dimension {dim!r}")
+            raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has a non-integer dimension "
+                                 f"{_shown(dim)}")
         if dim < 0:
-            raise InvalidRequest(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
+            raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has a negative dimension")
     count = math.prod(int(d) for d in shape)
-    if count > MAX_ELEMENTS:
-        raise InvalidRequest(f"tensor {name!r}: shape {list(shape)} has {count} elements, more than the "
-                             f"{MAX_ELEMENTS} a tensor may hold")
+    if count > MAX_ELEMENTS:  # not printed: a product of 32 huge dimensions has hundreds of digits
+        raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has more than the {MAX_ELEMENTS} "
+                             f"elements a tensor may hold")
     return count
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """`value` for an error message, cut to `limit` characters (a client's value can be any size)."""
+    try:
+        text = repr(list(value)) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else repr(
+            value)
+    except ValueError:  # an integer too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "...]"
 
 
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], *, raw: bytes | memoryview | None = None,
