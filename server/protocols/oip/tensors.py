@@ -92,9 +92,10 @@ def element_count(name: str, shape: Sequence[int]) -> int:
         if dim < 0:
             raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has a negative dimension")
     count = math.prod(int(d) for d in shape)
-    if count > MAX_ELEMENTS:  # not printed: a product of 32 huge dimensions has hundreds of digits
-        raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has more than the {MAX_ELEMENTS} "
-                             f"elements a tensor may hold")
+    if count > MAX_ELEMENTS:  # the count, unless it has too many digits to print (hundreds of huge dims)
+        shown = f"{count} elements" if count.bit_length() <= 128 else "more elements than that"
+        raise InvalidRequest(f"tensor {name!r}: shape {_shown(shape)} has {shown}, more than the {MAX_ELEMENTS} "
+                             f"a tensor may hold")
     return count
 
 
