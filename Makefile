@@ -90,7 +90,7 @@ MLSERVER_VENV := .venv-mlserver
 bench-peers: venv tools
 	test -x $(MLSERVER_VENV)/bin/mlserver || ($(PYTHON) -m venv $(MLSERVER_VENV) && \
 		$(MLSERVER_VENV)/bin/pip install -q mlserver==1.7.1 onnxruntime==1.32.0)
-	$(BIN)/python -m bench.peers.run $(PEERS_ARGS)
+	$(BIN)/python -m bench.peers $(PEERS_ARGS)
 
 # Robustness (docs/robustness.md): the long fuzz run, 100,000 inputs per protocol against a real server
 # (docs/robustness-fuzz.md; ~40 min on 2 cores), and the 60 s overload at 2x and 5x capacity on both protocols

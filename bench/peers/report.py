@@ -79,6 +79,7 @@ def body_markdown(cells: list[Cell], sweeps: list, settings, args: argparse.Name
         f"warm-up; every server runs side by side and, cell by cell, {args.rounds} rounds alternate between "
         f"them; the best round of each counts. The OIP rows of both servers come from the same grpc.aio client "
         f"(bench/peers/oip_loop.py: one channel, raw tensors, IMAGES only); aegen.v1 from aegen-loadtest. "
+        f"aegen runs with `--max-queue-samples 1048576` so that 64 calls of 8192 fit its queue. "
         f"Client and servers share the machine's cores."),
         "",
         (f"MLServer settings tried (adaptive batching max_batch_time / max_batch_size, inference in its own "

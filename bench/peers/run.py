@@ -12,7 +12,7 @@ between the servers, which all run side by side; the best round of each counts (
 machine only ever slows a round down). Then perf_analyzer sweeps `--concurrency-range` against aegen over
 gRPC and HTTP, as a second, independent load generator. Writes docs/benchmarks/peers.md and peers.png.
 
-    python -m bench.peers.run [--repository R --model M] [--duration 5] [--rounds 2] [--quick]
+    python -m bench.peers [--repository R --model M] [--duration 5] [--rounds 2] [--quick]
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from client.loadtest.scrape import BATCH_SIZE_METRIC, scrape_histograms
 from client.local import free_port
 
 AEGEN_BEFORE = "aegen before this issue, OIP gRPC"
+# MLServer's threads; a queue that holds 64 calls of 8192 (the default 262,144 samples refuses the 33rd).
+AEGEN_FLAGS = ["--intra-op-threads", "2", "--max-queue-samples", "1048576"]
 
 SIZES = (1, 64, 1024, 8192)
 IN_FLIGHT = (1, 16, 64)
@@ -125,12 +127,16 @@ def measure(args: argparse.Namespace, model, aegen, mlservers: dict, before=None
             rounds: dict[str, list[Cell]] = {name: [] for name in sides}
             for _ in range(args.rounds):
                 for name, (side, served) in sides.items():
-                    cell = side(served, model.name, n, in_flight, args)
+                    try:
+                        cell = side(served, model.name, n, in_flight, args)
+                    except Exception as exc:  # noqa: BLE001 - one side failing must not lose the other cells
+                        print(f"  N={n} in flight {in_flight} {name}: failed ({exc})", file=sys.stderr, flush=True)
+                        cell = Cell(name, n, in_flight, float("nan"), float("nan"), float("nan"), -1, float("nan"))
                     print(f"  N={n} in flight {in_flight} {name}: {cell.samples_per_s:,.0f} samples/s, "
                           f"p99 {cell.p99_ms:.1f} ms", file=sys.stderr, flush=True)
                     rounds[name].append(cell)
             for cells in rounds.values():
-                top = max(cells, key=lambda c: c.samples_per_s)
+                top = max(cells, key=lambda c: c.samples_per_s if c.samples_per_s == c.samples_per_s else -1)
                 top.rounds = [c.samples_per_s for c in cells]
                 best.append(top)
     return best
@@ -145,10 +151,9 @@ def run(args: argparse.Namespace) -> Path:
     http_port = free_port()
     settings = SETTINGS[:1] + SETTINGS[2:3] if args.quick else SETTINGS
     with contextlib.ExitStack() as stack:
-        aegen = stack.enter_context(serve_model(model.repository, ["--http-port", str(http_port),
-                                                                   "--intra-op-threads", "2"]))
+        aegen = stack.enter_context(serve_model(model.repository, ["--http-port", str(http_port), *AEGEN_FLAGS]))
         mlservers = {s: stack.enter_context(serve_mlserver(decoder, model.name, s)) for s in settings}
-        before = (stack.enter_context(serve_old_aegen(args.before, model.repository, ["--intra-op-threads", "2"]))
+        before = (stack.enter_context(serve_old_aegen(args.before, model.repository, AEGEN_FLAGS))
                   if args.before else None)
         cells = measure(args, model, aegen, mlservers, before)
         sweeps = [] if args.no_perf_analyzer else perf_sweep(aegen.target, f"127.0.0.1:{http_port}", model.name,
