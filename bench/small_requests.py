@@ -29,7 +29,7 @@ from client.loadtest import LevelResult, LoadTestConfig, LoadTestReport
 
 LEVELS = (1, 4, 16, 64, 256)
 ECHO = "echo"
-DEFAULT = "aegen server, defaults (dynamic batching, no queue delay)"
+DEFAULT = "aegen server, defaults (dynamic batching, adaptive queue delay)"
 NO_DELAY = "aegen server, --max-queue-delay-us 2000"
 
 
