@@ -11,10 +11,10 @@ draw per sampler for all the requests of a batch.
 How long a batch waits for company:
 - `max_queue_delay_us` > 0: a fixed delay, at most that long after its oldest request (Triton's rule);
 - else, the adaptive delay (`adaptive_queue_delay_us`, the default): a batch waits only while calls keep
-  arriving, i.e. when the previous batch merged several requests: for as many more requests as that batch
-  answered (their callers are the ones likely to come back next), or until a batch is full, and never
-  longer than the delay after its oldest request. One call in flight (the previous batch held one request,
-  or the queue sat idle longer than the delay) never waits.
+  arriving, i.e. after a batch that merged several requests: until as many requests as it answered have
+  arrived since (their callers are likely to come back next), or a batch is full, at most the delay after
+  its oldest request. One call in flight (a batch of one before, or a queue idle for longer than the delay)
+  never waits.
 - both 0: a batch is whatever queued while the previous one was decoding.
 
 Cancelled requests and requests whose deadline passed are dropped before decoding.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -56,14 +57,9 @@ class BatchObserver(Protocol):
 
 
 class _NullObserver:
-    def queue_depth_changed(self, delta_samples: int) -> None:
-        pass
-
-    def queue_waited(self, seconds: float) -> None:
-        pass
-
-    def batch_decoded(self, samples: int, seconds: float) -> None:
-        pass
+    def queue_depth_changed(self, delta_samples: int) -> None: ...
+    def queue_waited(self, seconds: float) -> None: ...
+    def batch_decoded(self, samples: int, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -146,6 +142,7 @@ class Batcher:
         # as many), and the latent buffer it reuses. Images are not reused: a merged batch's output is handed
         # out to its requests as views.
         self._last_requests = 0
+        self._answered_at = 0.0  # time.monotonic() when the previous batch's answers were handed to the loop
         self._latent_buffer = np.empty((config.max_batch_size, self.latent_dim), np.float32)
 
     @property
@@ -207,6 +204,7 @@ class Batcher:
                 batch.seconds = time.perf_counter() - started
                 self._last_requests = len(batch.pieces)
                 self._drop_failed_rest(batch)
+            self._answered_at = time.monotonic()
             try:
                 self._loop.call_soon_threadsafe(self._finish, batch)
             except RuntimeError:  # the event loop is closed: nobody is waiting for these answers
@@ -233,11 +231,13 @@ class Batcher:
             delay, wanted = self.config.max_queue_delay_us / 1e6, full + 1  # fixed: until full or due
         else:
             # The previous batch's requests were just answered: in a closed loop their callers come back
-            # next. Wait for them, on top of what is queued, unless that batch answered a lone call.
+            # next. Wait for them, on top of what queued before they were answered (requests queued since
+            # may be those callers already), unless that batch answered a lone call.
             delay = self.config.adaptive_queue_delay_us / 1e6
-            if delay <= 0 or self._last_requests <= 1:
+            if delay <= 0 or self._last_requests <= 1 or self._queued[dtype] >= full:
                 return
-            wanted = len(queue) + self._last_requests
+            earlier = sum(1 for _ in itertools.takewhile(lambda job: job.enqueued < self._answered_at, queue))
+            wanted = earlier + self._last_requests
         due = queue[0].enqueued + delay
         while len(queue) < wanted and self._queued[dtype] < full and not self._closing:
             remaining = due - time.monotonic()
