@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,17 @@ DEFAULT_MODEL = "bench-vae"
 
 class BenchError(Exception):
     """A benchmark cannot run (a server did not start, a model could not be trained or exported)."""
+
+
+def report_or_fail(name: str, job: Callable[[], object]) -> int:
+    """A benchmark command's exit: print what `job` returns (its table or the path it wrote), 0; or a
+    BenchError's one line on stderr, 2."""
+    try:
+        print(job())
+    except BenchError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ the machine

@@ -34,6 +34,7 @@ from bench.common import (
     load_parser,
     machine_details,
     markdown_table,
+    report_or_fail,
     run_tool,
     serve_model,
     write_result,
@@ -174,12 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(run(parser().parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench.int8: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_fail("bench.int8", lambda: run(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

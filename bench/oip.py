@@ -29,6 +29,7 @@ from bench.common import (
     load_parser,
     machine_details,
     markdown_table,
+    report_or_fail,
     serve_model,
     write_result,
 )
@@ -159,12 +160,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(run(parser().parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench.oip: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_fail("bench.oip", lambda: run(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

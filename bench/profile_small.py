@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import BenchError, add_model_arguments, bench_model, load, serve_model
+from bench.common import BenchError, add_model_arguments, bench_model, load, report_or_fail, serve_model
 from protos.cli import OneLineParser
 
 
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     p.add_argument("--raw", help="keep py-spy's raw output here")
     p.add_argument("--server-flag", action="append", default=[], help="a flag for the server (repeatable)")
-    try:
-        print(profile(p.parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench.profile_small: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_fail("bench.profile_small", lambda: profile(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

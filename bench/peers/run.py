@@ -34,6 +34,7 @@ from bench.common import (
     load,
     load_parser,
     machine_details,
+    report_or_fail,
     serve_model,
     write_result,
 )
@@ -180,12 +181,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(run(parser().parse_args(argv)))
-    except BenchError as exc:
-        print(f"bench.peers: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_or_fail("bench.peers", lambda: run(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
