@@ -217,8 +217,8 @@ class OipModels:
         elif view.role == DECODER:
             latents = inputs[LATENTS]
             asked = [(o, d) for o, d in IMAGE_OUTPUTS if o in wanted]
-            decoded = await asyncio.gather(*(self.plane.decode(base, number, latents, dtype=d, deadline=deadline)
-                                             for _, d in asked))
+            decoded = await _together([self.plane.decode(base, number, latents, dtype=d, deadline=deadline)
+                                       for _, d in asked])
             results.update((o, r.images) for (o, _), r in zip(asked, decoded))
         else:
             seeds = inputs[SEED].reshape(-1)
@@ -231,12 +231,19 @@ class OipModels:
                 results[LATENTS] = await self.plane.latents_per_seed(base, number, seeds, sampler=sampler,
                                                                      temperature=temperature)
             # Both image outputs: two decodes (the uint8 graph's bytes are aegen.v1's), queued together.
-            generated = await asyncio.gather(*(self.plane.generate_per_seed(
+            generated = await _together([self.plane.generate_per_seed(
                 base, number, seeds, sampler=sampler, temperature=temperature, dtype=d, deadline=deadline)
-                for _, d in asked))
+                for _, d in asked])
             for (output, _), result in zip(asked, generated):
                 results[output], results[LATENTS] = result.images, result.latents
         return InferResult(view, [(output, results[output]) for output in wanted])
+
+
+async def _together(calls: list) -> list:
+    """Await the calls concurrently; one is awaited as it is (asyncio.gather makes a task of each)."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    return list(await asyncio.gather(*calls))
 
 
 def _statistics(view: View, stats: VersionStats) -> pb.ModelStatistics:
