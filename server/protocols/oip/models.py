@@ -20,6 +20,7 @@ and the HTTP endpoints only decode, call `OipModels`, and encode.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import math
 from collections.abc import Mapping, Sequence
@@ -71,25 +72,37 @@ class View:
 
     @property
     def inputs(self) -> tuple[Tensor, ...]:
-        image = tuple(self.model.manifest.image_shape)
-        if self.role == GENERATOR:
-            return Tensor(SEED, "UINT64", (1,)), Tensor(TEMPERATURE, "FP32", (1,), optional=True)
-        if self.role == DECODER:
-            return (Tensor(LATENTS, "FP32", (self.model.latent_dim,)),)
-        return (Tensor(IMAGES, "FP32", image),)
+        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[0]
 
     @property
     def outputs(self) -> tuple[Tensor, ...]:
-        image, d = tuple(self.model.manifest.image_shape), (self.model.latent_dim,)
-        if self.role == ENCODER:
-            codes = (Tensor(LATENTS, "FP32", d),)
-            return (*codes, Tensor(LOG_VARIANCE, "FP32", d)) if self.model.kind == "vae" else codes
-        images = (Tensor(IMAGES, "UINT8", image), Tensor(IMAGES_FP32, "FP32", image))
-        return (*images, Tensor(LATENTS, "FP32", d)) if self.role == GENERATOR else images
+        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[1]
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return tuple(t.name for t in self.outputs)
+        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _tensors(role: str, kind: str, image: tuple[int, ...], latent_dim: int
+             ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...]]:
+    """A view's inputs, outputs and output names; built once per kind of model, not per request."""
+    d = (latent_dim,)
+    if role == GENERATOR:
+        inputs = Tensor(SEED, "UINT64", (1,)), Tensor(TEMPERATURE, "FP32", (1,), optional=True)
+    elif role == DECODER:
+        inputs = (Tensor(LATENTS, "FP32", d),)
+    else:
+        inputs = (Tensor(IMAGES, "FP32", image),)
+    if role == ENCODER:
+        outputs = (Tensor(LATENTS, "FP32", d),)
+        if kind == "vae":
+            outputs = (*outputs, Tensor(LOG_VARIANCE, "FP32", d))
+    else:
+        outputs = (Tensor(IMAGES, "UINT8", image), Tensor(IMAGES_FP32, "FP32", image))
+        if role == GENERATOR:
+            outputs = (*outputs, Tensor(LATENTS, "FP32", d))
+    return inputs, outputs, tuple(t.name for t in outputs)
 
 
 @dataclass(frozen=True)
@@ -290,11 +303,12 @@ def _wanted(view: View, outputs: Sequence[str] | None) -> list[str]:
 
 
 def _check_inputs(view: View, inputs: Mapping[str, np.ndarray]) -> None:
-    specs = {t.name: t for t in view.inputs}
+    declared = view.inputs
     for name in inputs:
-        if name not in specs:
-            raise InvalidRequest(f"model {view.name} has no input {name!r}; inputs: {', '.join(specs)}")
-    for spec in view.inputs:
+        if not any(spec.name == name for spec in declared):
+            raise InvalidRequest(f"model {view.name} has no input {name!r}; "
+                                 f"inputs: {', '.join(spec.name for spec in declared)}")
+    for spec in declared:
         array = inputs.get(spec.name)
         if array is None:
             if spec.optional:

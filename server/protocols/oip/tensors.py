@@ -81,6 +81,10 @@ def datatype_of(dtype: np.dtype | type) -> str:
 def element_count(name: str, shape: Sequence[int]) -> int:
     """The number of elements of `shape`, checked: at most MAX_DIMS integer dimensions, none negative, at
     most MAX_ELEMENTS in all. Computed in Python integers, so it cannot overflow."""
+    if type(shape) is list and len(shape) <= MAX_DIMS and all(type(d) is int and d >= 0 for d in shape):
+        count = math.prod(shape)  # the common case, checked without the per-dimension messages below
+        if count <= MAX_ELEMENTS:
+            return count
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
         raise InvalidRequest(f"tensor {name!r}: shape must be a list of integers, got {_shown(shape)}")
     if len(shape) > MAX_DIMS:  # numpy arrays have at most 64
