@@ -14,12 +14,10 @@ INVALID_ARGUMENT with the parser's message (grpcio itself answers a deserializer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 import grpc
@@ -58,10 +56,11 @@ class Call:
     """What a call's metrics need beyond its method: which model served it; and its admission, where the
     handler admits the call itself once it knows the deadline (HTTP: parameters.timeout is in the body)."""
 
-    __slots__ = ("admission", "admitted", "model")
+    __slots__ = ("admission", "admitted", "code", "model")
 
     def __init__(self, admission: Admission | None = None) -> None:
         self.model = ""
+        self.code = grpc.StatusCode.OK  # the gRPC wrapper's record of how the call ended
         self.admission = admission
         self.admitted = False
 
@@ -153,59 +152,55 @@ def _outcome(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str | No
     return grpc.StatusCode.INTERNAL, None  # SystemExit, KeyboardInterrupt: not ours to answer
 
 
-@contextlib.asynccontextmanager
-async def observed_call(observer: CallObserver, method: str, context: grpc.aio.ServicerContext,
-                        admission: Admission | None = None) -> AsyncIterator[Call]:
-    """A streaming call's telemetry and error mapping (the unary path in `rpc` does the same inline)."""
-    call, code, started = Call(admission if method in ADMITTED else None), grpc.StatusCode.OK, time.perf_counter()
-    observer.call_started()
-    try:
-        call.admit(deadline_of(context))
-        yield call
-    except BaseException as exc:  # mapped, then re-raised or aborted
-        code, message = _outcome(exc, method)
-        if message is None:
-            raise
-        await context.abort(code, message)
-    finally:
-        call.release()
-        observer.call_finished(method, call.model, code.name, time.perf_counter() - started)
+async def _failed(call: Call, exc: BaseException, method: str, context: grpc.aio.ServicerContext) -> None:
+    """(In an except block.) Record the call's status, then abort it with its message or re-raise."""
+    call.code, message = _outcome(exc, method)
+    if message is None:
+        raise exc
+    await context.abort(call.code, message)
+
+
+def _finished(observer: CallObserver, method: str, call: Call, started: float) -> None:
+    call.release()
+    observer.call_finished(method, call.model, call.code.name, time.perf_counter() - started)
 
 
 def rpc(method):
     """Wrap a unary or server-streaming handler; the servicer has `self.calls`, a CallObserver, and
-    `self.admission`, an Admission or None."""
+    `self.admission`, an Admission or None. Written out in each wrapper rather than as an async context
+    manager, which costs an async generator and two awaits per call (a measurable share of a one-sample
+    call's own work)."""
     name = method.__name__
+    admitted = name in ADMITTED
+
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
-            async with observed_call(self.calls, name, context, self.admission) as call:
+            call, started = Call(self.admission if admitted else None), time.perf_counter()
+            self.calls.call_started()
+            try:
+                call.admit(deadline_of(context))
                 check_parsed(request)
                 async for reply in method(self, request, context, call):
                     yield reply
+            except BaseException as exc:  # noqa: BLE001 - _failed re-raises or aborts
+                await _failed(call, exc, name, context)
+            finally:
+                _finished(self.calls, name, call, started)
 
         return streaming
 
-    admitted = name in ADMITTED
-
     @functools.wraps(method)
     async def unary(self, request, context: grpc.aio.ServicerContext):
-        # observed_call inline: an async context manager costs an async generator and two awaits per call,
-        # a measurable share of a one-sample call's own work.
-        observer = self.calls
-        call, code, started = Call(self.admission if admitted else None), grpc.StatusCode.OK, time.perf_counter()
-        observer.call_started()
+        call, started = Call(self.admission if admitted else None), time.perf_counter()
+        self.calls.call_started()
         try:
             call.admit(deadline_of(context))
             check_parsed(request)
             return await method(self, request, context, call)
-        except BaseException as exc:  # mapped, then re-raised or aborted
-            code, message = _outcome(exc, name)
-            if message is None:
-                raise
-            await context.abort(code, message)
+        except BaseException as exc:  # noqa: BLE001 - _failed re-raises or aborts
+            await _failed(call, exc, name, context)
         finally:
-            call.release()
-            observer.call_finished(name, call.model, code.name, time.perf_counter() - started)
+            _finished(self.calls, name, call, started)
 
     return unary
