@@ -72,15 +72,19 @@ class View:
 
     @property
     def inputs(self) -> tuple[Tensor, ...]:
-        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[0]
+        return self._specs[0]
 
     @property
     def outputs(self) -> tuple[Tensor, ...]:
-        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[1]
+        return self._specs[1]
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)[2]
+        return self._specs[2]
+
+    @property
+    def _specs(self) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...]]:
+        return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)
 
 
 @functools.lru_cache(maxsize=256)
