@@ -62,22 +62,24 @@ class _NullObserver:
     def batch_decoded(self, samples: int, seconds: float) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SeededRows:
     """Latents still to be drawn: rows `rows` of seeds `seeds` ((n,) uint64 each) from the sampler named by
-    `key` (e.g. (sampler, temperature)). The batcher draws every such request of a batch with one call of
-    its `draw` function per key, on the inference thread: per-call overhead is paid per batch, not per request."""
+    `key` (e.g. (sampler, temperature)); or, with `seeds` an int, rows rows..rows+n-1 of that one seed (`rows`
+    an int too), whose arrays are then built for the whole batch at once. The batcher draws every such request
+    of a batch with one call of its `draw` function per key, on the inference thread: per-call overhead is
+    paid per batch, not per request. (Not frozen: a frozen dataclass's __init__ costs 4x, on every request.)"""
 
     key: Hashable
-    seeds: np.ndarray
-    rows: np.ndarray
+    seeds: np.ndarray | int
+    rows: np.ndarray | int
 
 
 LatentSource = Callable[[], np.ndarray] | SeededRows
 DrawFunction = Callable[[Hashable, np.ndarray, np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decoded:
     images: np.ndarray  # (n, *image_shape), the decoder's dtype; may be a view of its merged batch's output
     latents: np.ndarray  # (n, latent_dim) float32
@@ -134,6 +136,10 @@ class Batcher:
         self._sleeping = False
         self._queues: dict[str, collections.deque[_Job]] = {k: collections.deque() for k in decoders}
         self._queued = {k: 0 for k in decoders}  # samples not yet handed to a batch, per dtype
+        self._queued_total = 0  # their sum
+        # (Event loop only.) Samples queued since the last batch's callback: the depth gauge moves once per
+        # batch, by what was queued minus what left, not twice per request.
+        self._unreported = 0
         self._wake_at = 1  # queued requests that wake the inference thread (it raises this while it waits)
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,7 +153,7 @@ class Batcher:
 
     @property
     def queued_samples(self) -> int:
-        return sum(self._queued.values())
+        return self._queued_total
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -176,18 +182,19 @@ class Batcher:
         loop = self._loop or asyncio.get_running_loop()
         job = _Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline, time.monotonic())
         with self._lock:
-            queued = self.queued_samples
+            queued = self._queued_total
             if queued + n > self.config.max_queue_samples:
                 raise QueueFull(f"queue full: {queued} samples waiting, limit "
                                 f"{self.config.max_queue_samples}; retry later")
             queue.append(job)
             self._queued[dtype] += n
+            self._queued_total = queued + n
             # Wake the thread only when it has something new to decide: no per-request wake-ups while it waits.
             if self._sleeping and (len(queue) >= self._wake_at
                                    or self._queued[dtype] >= self.config.max_batch_size):
                 self._sleeping = False
                 self._wakeup.put(None)
-        self.observer.queue_depth_changed(n)
+        self._unreported += n
         return job.future
 
     # ------------------------------------------------------------------------- on the inference thread
@@ -269,6 +276,7 @@ class Batcher:
             if job.future.done() or (job.deadline is not None and now > job.deadline):
                 queue.popleft()
                 self._queued[dtype] -= left
+                self._queued_total -= left
                 batch.dequeued += left
                 batch.expired.append(job)
                 continue
@@ -277,6 +285,7 @@ class Batcher:
             batch.samples += count
             job.assigned += count
             self._queued[dtype] -= count
+            self._queued_total -= count
             batch.dequeued += count
             if not job.waited:
                 job.waited = True
@@ -295,6 +304,7 @@ class Batcher:
                         queue.popleft()
                         left = job.n - job.assigned
                         self._queued[batch.dtype] -= left
+                        self._queued_total -= left
                         batch.dequeued += left
                         job.assigned = job.n
 
@@ -347,11 +357,7 @@ class Batcher:
             if job.latents is None and job.error is None and isinstance(job.source, SeededRows):
                 groups.setdefault(job.source.key, []).append(job)
         for key, members in groups.items():
-            if len(members) == 1:
-                seeds, rows = members[0].source.seeds, members[0].source.rows
-            else:
-                seeds = np.concatenate([job.source.seeds for job in members])
-                rows = np.concatenate([job.source.rows for job in members])
+            seeds, rows = _seed_arrays(members)
             try:
                 latents = np.ascontiguousarray(self.draw(key, seeds, rows), dtype=np.float32)
             except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
@@ -389,8 +395,9 @@ class Batcher:
     def _finish(self, batch: _Batch) -> None:
         """One callback per batch: metrics first, then every answer of the batch."""
         observer = self.observer
-        if batch.dequeued:
-            observer.queue_depth_changed(-batch.dequeued)
+        delta, self._unreported = self._unreported - batch.dequeued, 0
+        if delta:
+            observer.queue_depth_changed(delta)
         for seconds in batch.waits:
             observer.queue_waited(seconds)
         if batch.pieces:
@@ -405,3 +412,31 @@ class Batcher:
                 job.future.set_exception(job.error)
             elif job.decoded == job.n:
                 job.future.set_result(Decoded(job.images, job.latents))
+
+
+def _seed_arrays(jobs: list[_Job]) -> tuple[np.ndarray, np.ndarray]:
+    """The (seeds, rows) uint64 arrays of the jobs' SeededRows, in order: a handful of array operations per
+    batch, however many one-seed requests it merged."""
+    sources = [job.source for job in jobs]
+    if len(jobs) == 1:
+        return _as_arrays(jobs[0])
+    if not all(isinstance(source.seeds, int) for source in sources):
+        parts = [_as_arrays(job) for job in jobs]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    seeds = np.array([source.seeds for source in sources], np.uint64)
+    firsts = np.array([source.rows for source in sources], np.uint64)
+    counts = [job.n for job in jobs]
+    if max(counts) == 1:
+        return seeds, firsts
+    # Sample i of the batch, in request j: row firsts[j] + (i - starts[j]) of seeds[j] (uint64 wraps both ways).
+    lengths = np.array(counts, np.int64)
+    starts = (np.cumsum(lengths) - lengths).astype(np.uint64)
+    return np.repeat(seeds, lengths), np.arange(sum(counts), dtype=np.uint64) - np.repeat(starts - firsts, lengths)
+
+
+def _as_arrays(job: _Job) -> tuple[np.ndarray, np.ndarray]:
+    source = job.source
+    if isinstance(source.seeds, int):
+        first = source.rows
+        return np.full(job.n, source.seeds, np.uint64), np.arange(first, first + job.n, dtype=np.uint64)
+    return source.seeds, source.rows

@@ -137,13 +137,14 @@ class LoadedModel:
     def info(self) -> ModelInfo:
         return ModelInfo(self.name, self.number, self.manifest, self.device, self.execution_provider)
 
-    def generate(self, seeds: np.ndarray, rows: np.ndarray, sampler: str, temperature: float, dtype: str,
-                 deadline: float | None = None) -> asyncio.Future:
-        """Queue one sample per (seed, row) pair (samplers.py); resolves to batcher.Decoded. The latents are
-        drawn on the inference thread, for all the requests of a batch at once (`draw`)."""
-        self.check_count(len(seeds))
+    def generate(self, n: int, seeds: np.ndarray | int, rows: np.ndarray | int, sampler: str, temperature: float,
+                 dtype: str, deadline: float | None = None) -> asyncio.Future:
+        """Queue n samples, one per (seed, row) pair of the arrays `seeds` and `rows`, or rows rows..rows+n-1
+        of the one seed `seeds` (both ints); resolves to batcher.Decoded. The latents are drawn on the
+        inference thread, for all the requests of a batch at once (`draw`, samplers.py)."""
+        self.check_count(n)
         self.check_sampling(sampler, temperature)
-        return self.submit_latents(len(seeds), SeededRows((sampler, temperature), seeds, rows), dtype, deadline)
+        return self.submit_latents(n, SeededRows((sampler, temperature), seeds, rows), dtype, deadline)
 
     def draw(self, key: tuple[str, float], seeds: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The batcher's draw function: latents of (seed, row) pairs for the sampler key (sampler, temperature)."""

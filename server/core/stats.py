@@ -37,14 +37,25 @@ class VersionStats:
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Count the enclosed request as a success, or a failure if it raises (a cancelled call is neither)."""
-        started = time.perf_counter_ns()
+        started = self.begin()
         try:
             yield
         except Exception:
-            self.fail.add(time.perf_counter_ns() - started)
+            self.failed(started)
             raise
+        self.succeeded(started)
+
+    # The same, written out where a request's own cost matters: begin(), then succeeded or failed.
+    @staticmethod
+    def begin() -> int:
+        return time.perf_counter_ns()
+
+    def succeeded(self, started: int) -> None:
         self.success.add(time.perf_counter_ns() - started)
         self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def failed(self, started: int) -> None:
+        self.fail.add(time.perf_counter_ns() - started)
 
     # BatchObserver (batcher.py), beside the telemetry's
     def queue_depth_changed(self, delta_samples: int) -> None:

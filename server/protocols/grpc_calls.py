@@ -56,10 +56,11 @@ class Call:
     """What a call's metrics need beyond its method: which model served it; and its admission, where the
     handler admits the call itself once it knows the deadline (HTTP: parameters.timeout is in the body)."""
 
-    __slots__ = ("admission", "admitted", "code", "model")
+    __slots__ = ("admission", "admitted", "code", "deadline", "model")
 
-    def __init__(self, admission: Admission | None = None) -> None:
+    def __init__(self, admission: Admission | None = None, deadline: float | None = None) -> None:
         self.model = ""
+        self.deadline = deadline  # time.monotonic(), or None: the gRPC call's, read once by the wrapper
         self.code = grpc.StatusCode.OK  # the gRPC wrapper's record of how the call ended
         self.admission = admission
         self.admitted = False
@@ -176,10 +177,10 @@ def rpc(method):
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def streaming(self, request, context: grpc.aio.ServicerContext):
-            call, started = Call(self.admission if admitted else None), time.perf_counter()
+            call, started = Call(self.admission if admitted else None, deadline_of(context)), time.perf_counter()
             self.calls.call_started()
             try:
-                call.admit(deadline_of(context))
+                call.admit(call.deadline)
                 check_parsed(request)
                 async for reply in method(self, request, context, call):
                     yield reply
@@ -192,10 +193,10 @@ def rpc(method):
 
     @functools.wraps(method)
     async def unary(self, request, context: grpc.aio.ServicerContext):
-        call, started = Call(self.admission if admitted else None), time.perf_counter()
+        call, started = Call(self.admission if admitted else None, deadline_of(context)), time.perf_counter()
         self.calls.call_started()
         try:
-            call.admit(deadline_of(context))
+            call.admit(call.deadline)
             check_parsed(request)
             return await method(self, request, context, call)
         except BaseException as exc:  # noqa: BLE001 - _failed re-raises or aborts

@@ -20,12 +20,15 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 _LENGTH_DELIMITED = 2  # wire type of bytes, strings and embedded messages
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))
 
 
 def encode_varint(value: int) -> bytes:
     """Base-128 varint, least significant group first (the encoding of tags and lengths)."""
-    if value < 0:
-        raise ValueError(f"a varint length or tag is non-negative, got {value}")
+    if value < 0x80:
+        if value < 0:
+            raise ValueError(f"a varint length or tag is non-negative, got {value}")
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -51,14 +54,21 @@ def with_bytes_fields(head: Message, **payloads: np.ndarray | bytes) -> bytes:
     the API promises). An empty payload is left out, as protobuf leaves out an empty proto3 field. `head`
     must leave these fields empty: a parser keeps the last record of a singular field, so ours would win
     silently."""
-    parts = [head.SerializeToString()]
-    for name, payload in payloads.items():
+    for name in payloads:
         if getattr(head, name):
             raise ValueError(f"{head.DESCRIPTOR.full_name}.{name} is set in the head and given as a payload")
+    return append_bytes_fields(type(head), [head.SerializeToString()], payloads)
+
+
+def append_bytes_fields(message: type[Message], parts: list[bytes], payloads: dict[str, np.ndarray | bytes]
+                        ) -> bytes:
+    """`parts` (serialized records of `message`, none of them the payloads' fields) joined with each payload
+    as the bytes field of that name, copied once; an empty payload is left out."""
+    for name, payload in payloads.items():
         view = memoryview(payload)
         if view.nbytes:
             # cast raises for a non-contiguous array, which would need a copy first
-            parts += (bytes_field_tag(type(head), name), encode_varint(view.nbytes), view.cast("B"))
+            parts += (bytes_field_tag(message, name), encode_varint(view.nbytes), view.cast("B"))
     return b"".join(parts)
 
 

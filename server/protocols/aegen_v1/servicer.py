@@ -6,9 +6,11 @@ server/protocols/grpc_calls.py. Large replies are built as wire bytes (wire.py) 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
@@ -16,8 +18,8 @@ from protos.aegen.v1.names import DTYPE_NAMES, DTYPES, SAMPLER_NAMES, SAMPLERS
 from server.core.admission import Admission
 from server.core.dataplane import DEFAULT_DTYPE, DEFAULT_SAMPLER, DataPlane, Generated, PackedImages
 from server.core.errors import InvalidRequest
-from server.protocols.grpc_calls import Call, CallObserver, add_service, deadline_of, rpc
-from server.protocols.wire import serialize_response, with_bytes_fields
+from server.protocols.grpc_calls import Call, CallObserver, add_service, rpc
+from server.protocols.wire import append_bytes_fields, serialize_response, with_bytes_fields
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GeneratorService"].full_name
 
@@ -34,7 +36,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         generated = await self.plane.generate(
             name, version, request.num_samples, seed=request.seed if request.HasField("seed") else None,
             sampler=_sampler(request.sampler), temperature=_temperature(request),
-            dtype=_dtype(request.output_dtype, "output_dtype"), deadline=deadline_of(context))
+            dtype=_dtype(request.output_dtype, "output_dtype"), deadline=call.deadline)
         return _samples_reply(pb.GenerateSamplesResponse, generated, request.return_latents)
 
     @rpc
@@ -45,7 +47,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             name, version, request.num_samples, chunk=request.chunk_samples,
             seed=request.seed if request.HasField("seed") else None, sampler=_sampler(request.sampler),
             temperature=_temperature(request), dtype=_dtype(request.output_dtype, "output_dtype"),
-            deadline=deadline_of(context))
+            deadline=call.deadline)
         try:
             async for generated in chunks:
                 yield _samples_reply(pb.StreamSamplesResponse, generated, request.return_latents,
@@ -67,7 +69,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         name, version = _model(request, call, self.plane)
         dtype = _dtype(request.output_dtype, "output_dtype")
         decoded = await self.plane.reconstruct(name, version, _images(request), dtype=dtype,
-                                               deadline=deadline_of(context))
+                                               deadline=call.deadline)
         head = pb.ReconstructResponse(shape=decoded.images.shape, dtype=DTYPES[dtype],
                                       model_name=decoded.model.name, model_version=decoded.model.version)
         return with_bytes_fields(head, images=decoded.images)
@@ -105,16 +107,22 @@ def _model(request, call: Call, plane: DataPlane) -> tuple[str, int | None]:
 
 
 def _samples_reply(message, generated: Generated, return_latents: bool, **fields) -> bytes:
-    head = message(
-        shape=generated.images.shape, dtype=DTYPES[_numpy_dtype_name(generated)],
-        latents_shape=generated.latents.shape if return_latents else (), model_name=generated.model.name,
-        model_version=generated.model.version, sampler=SAMPLERS[generated.sampler], seed=generated.seed,
-        **fields)
-    return with_bytes_fields(head, samples=generated.images, latents=generated.latents if return_latents else b"")
+    """The reply's wire bytes: the fields every answer of this shape, model and sampler shares (serialized once,
+    cached), the request's own (seed, a stream's offset), then the payloads. Records may come in any order."""
+    images, latents, model = generated.images, generated.latents, generated.model
+    common = _common_fields(message, images.shape, DTYPES["uint8" if images.dtype == np.uint8 else "float32"],
+                            latents.shape if return_latents else (), model.name, model.version,
+                            SAMPLERS[generated.sampler])
+    own = message(seed=generated.seed, **fields).SerializeToString()
+    return append_bytes_fields(message, [common, own],
+                               {"samples": images, "latents": latents if return_latents else b""})
 
 
-def _numpy_dtype_name(generated: Generated) -> str:
-    return "uint8" if generated.images.dtype == "uint8" else "float32"
+@functools.lru_cache(maxsize=256)
+def _common_fields(message, shape: tuple[int, ...], dtype: int, latents_shape: tuple[int, ...], model_name: str,
+                   model_version: int, sampler: int) -> bytes:
+    return message(shape=shape, dtype=dtype, latents_shape=latents_shape, model_name=model_name,
+                   model_version=model_version, sampler=sampler).SerializeToString()
 
 
 def _images(request) -> PackedImages:

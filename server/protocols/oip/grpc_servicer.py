@@ -88,7 +88,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context, call: Call):
         call.model = self.oip.label(request.model_name)
-        return await self._infer(request, deadline_of(context))
+        return await self._infer(request, call.deadline)
 
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context
                                ) -> AsyncIterator[bytes]:
@@ -101,12 +101,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         code = "OK"
 
         async def answer(request: pb.ModelInferRequest) -> None:
-            admitted = False
+            admitted, deadline = False, deadline_of(context)
             try:
                 if self.admission is not None:  # each message of the stream is one inference
-                    self.admission.admit(deadline_of(context))
+                    self.admission.admit(deadline)
                     admitted = True
-                reply = await self._infer(request, deadline_of(context))
+                reply = await self._infer(request, deadline)
                 await answers.put(_stream_reply(reply))
             except ServerError as exc:
                 await answers.put(pb.ModelStreamInferResponse(error_message=f"{status_of(exc).name}: {exc}"))
