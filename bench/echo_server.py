@@ -1,6 +1,6 @@
 """The framework's own ceiling: GenerateSamples with no inference.
 
-A grpc.aio server, built like the real one (same message-size limits, same asyncio servicer), whose
+A grpc.aio server, built like the real one (same message-size limits, same asyncio servicer, same event loop), whose
 GenerateSamples returns a preallocated response of the requested size and dtype. What the load tester
 reaches against it is what gRPC in Python, the loopback and the client allow; bench/small_requests.py
 compares the real server with it.
@@ -20,6 +20,7 @@ import grpc
 import grpc.aio
 
 from protos.aegen.v1 import generator_pb2, generator_pb2_grpc
+from protos.cli import run_async
 
 IMAGE_SHAPE = (1, 28, 28)
 MAX_SAMPLES = 65536
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    run_async(serve(args.host, args.port))
     return 0
 
 

@@ -36,6 +36,7 @@ from bench.common import (
 from bench.perf_analyzer import perf_analyzer_command
 from client.local import free_port
 from export.repository import load_version
+from protos.cli import run_async
 from server.core.samplers import draw
 
 N, IN_FLIGHT = 1024, 4
@@ -99,7 +100,7 @@ def oip_closed_loop(target: str, model: str, duration: float, warmup: float) -> 
             await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
             return done * N / duration
 
-    return asyncio.run(loop())
+    return run_async(loop())
 
 
 def perf_analyzer(protocol: str, url: str, model: str, duration: float) -> float:

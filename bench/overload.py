@@ -47,6 +47,7 @@ from client.local import free_port, wait_until_serving
 from protos.aegen.v1 import generator_pb2 as pb
 from protos.aegen.v1 import generator_pb2_grpc
 from protos.atomic import atomic_write_text
+from protos.cli import run_async
 
 DOCS = ROOT / "docs"
 DEADLINE_SECONDS = 2.0
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args.model_name = model.name
     details = machine_details()
     with server(model.repository, ["--intra-op-threads", "1"]) as (target, http_url, process):
-        capacity, levels = asyncio.run(run(args, target, http_url, process.pid))
+        capacity, levels = run_async(run(args, target, http_url, process.pid))
     for level in levels:
         errors = collections.Counter(o.result for o in level.outcomes if o.result.startswith("error"))
         print(f"{level.factor:g}x errors: {dict(errors)}", file=sys.stderr)

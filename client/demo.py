@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client import sample
 from client.client import AegenClient, NoModelsError
 from client.local import NotServing, free_port, wait_until_serving
-from protos.cli import OneLineParser, fail
+from protos.cli import OneLineParser, fail, run_async
 
 PROG = "python -m client.demo"
 
@@ -219,7 +219,7 @@ def run(repository: Path, model: str | None, out: Path, device: str) -> None:
               f"aegen-serve --repository {repository}, then http://localhost:8000/", flush=True)
         for line in explorer_screenshots(http_url, planes[0][1] if planes else None, model, out):
             print(line, flush=True)
-        refused = asyncio.run(_concurrent_requests(target, model, calls=64, n=16))
+        refused = run_async(_concurrent_requests(target, model, calls=64, n=16))
         print("64 concurrent GenerateSamples calls of 16 samples served"
               + (f" ({refused} refusals by admission control, retried)" if refused else ""), flush=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:

@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protos.cli import fail
+from protos.cli import fail, run_async
 from server.config import ConfigError, ServerConfig
 from server.core.admission import Admission
 from server.core.dataplane import DataPlane
@@ -173,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = WorkerIdentity.from_environ(os.environ)
     try:
         if worker is None and config.process.workers > 1:
-            return asyncio.run(run_workers(config, argv))
+            return run_async(run_workers(config, argv), config.process.event_loop)
         if worker is not None:
             _label_logs(worker)
-        return asyncio.run(serve(config, worker))
+        return run_async(serve(config, worker), config.process.event_loop)
     except ServerError as exc:
         return fail("aegen-serve", exc)
 

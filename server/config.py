@@ -11,12 +11,14 @@ their tests reuse these names instead of copying them.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protos.cli import (
+    EVENT_LOOPS,
     OneLineParser,
     SettingError,
     add_dataclass_flags,
@@ -51,6 +53,7 @@ class ProcessSettings:
     grace_seconds: float = 20.0
     log_format: str = "json"
     log_level: str = "INFO"
+    event_loop: str = "auto"  # auto: uvloop where installed, else asyncio's own
     # Admission of inference calls, per process, over every protocol (server/core/admission.py).
     max_inflight_calls: int = 1024
     max_wait_seconds: float = 10.0
@@ -58,6 +61,9 @@ class ProcessSettings:
     def __post_init__(self) -> None:
         check_choice("log_format", self.log_format, LOG_FORMATS)
         check_choice("log_level", self.log_level, LOG_LEVELS)
+        check_choice("event_loop", self.event_loop, EVENT_LOOPS)
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ConfigError("--event-loop uvloop: uvloop is not installed (pip install uvloop); use auto or asyncio")
         check_at_least(self, 1, "workers")
         check_at_least(self, 0, "max_inflight_calls")
         check_seconds(self, "grace_seconds", "max_wait_seconds")
@@ -196,6 +202,7 @@ _HELP = {
     "tls_key": "PEM private key file",
     "log_format": "json (one object per line) or text",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "event_loop": "auto (uvloop where installed, else asyncio), uvloop, or asyncio",
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
     "small_batch_samples": "on CPU, batches of up to this many samples run on a single-threaded session (0: off)",
     "intra_op_spinning": "let idle onnxruntime pool threads spin between runs (lower latency, burns CPU)",

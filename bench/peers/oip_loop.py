@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from protos.cli import run_async
 from protos.inference import grpc_service_pb2 as pb
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -72,4 +73,4 @@ def closed_loop(target: str, model: str, n: int, in_flight: int, duration: float
         return LoopResult(len(ok) * n / duration, len(ok) / duration,
                           {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}, errors)
 
-    return asyncio.run(run())
+    return run_async(run())

@@ -29,6 +29,7 @@ from client.loadtest.report import LevelRaw, LevelResult, LoadTestReport, merge,
 from client.loadtest.scrape import MetricsWindow
 from protos.aegen.v1 import generator_pb2
 from protos.aegen.v1.names import DTYPES, SAMPLERS
+from protos.cli import run_async
 
 METHOD = "/aegen.v1.GeneratorService/GenerateSamples"
 CLIENT_OVERLOADED = "CLIENT_OVERLOADED"  # open loop: an arrival found --max-in-flight calls already out
@@ -193,7 +194,7 @@ async def _run_level_async(spec: LevelSpec, expected_bytes: int) -> LevelRaw:
 
 def _run_level_in_process(spec: LevelSpec, expected_bytes: int) -> LevelRaw:
     """Entry point of a client process (picklable, module level)."""
-    return asyncio.run(_run_level_async(spec, expected_bytes))
+    return run_async(_run_level_async(spec, expected_bytes))
 
 
 def _split_evenly(total: int, parts: int) -> list[int]:
@@ -281,7 +282,7 @@ async def _probe_async(config: LoadTestConfig) -> int:
 
 
 def probe(config: LoadTestConfig) -> int:
-    return asyncio.run(_probe_async(config))
+    return run_async(_probe_async(config))
 
 
 def _unreachable(config: LoadTestConfig) -> LoadTestError:
