@@ -86,6 +86,7 @@ async def serve(config: ServerConfig, worker: WorkerIdentity | None = None) -> i
         log.info("listening", extra={"port": config.grpc.port, "http_port": config.http.http_port,
                                      "metrics_port": config.metrics.metrics_port,
                                      "tls": config.grpc.tls, "device": device.name,
+                                     "event_loop": type(loop).__module__.split(".")[0],
                                      "repository": core.repository})
         if not await _until_loaded(registry, stop):
             return 0

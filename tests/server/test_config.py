@@ -42,6 +42,7 @@ def test_flag_table_lists_every_field_with_its_environment_variable():
     (["--grace-seconds", "nan"], {}, "--grace-seconds"),
     (["--device", "cpu", "--gpu-mem-limit", "1000"], {}, "--gpu-mem-limit"),
     (["--workers", "0"], {}, "--workers"),
+    (["--event-loop", "trio"], {}, "--event-loop"),
     (["--workers", "2", "--port", "0"], {}, "--workers"),
     (["--no-such-flag"], {}, "--no-such-flag"),
 ])

@@ -211,3 +211,14 @@ def _serving_over_tls(target: str, root: bytes) -> bool:
         except grpc.RpcError:
             return False
     return status == SERVING
+
+
+def test_each_event_loop_serves_the_same_bytes(server_factory):
+    """uvloop (the default where installed) and asyncio's own loop: same answers, and the log says which ran."""
+    answers = {}
+    for loop in ("uvloop", "asyncio"):
+        server = server_factory("--event-loop", loop)
+        with AegenClient(server.target, timeout=30) as client:
+            answers[loop] = client.generate(VAE, 7, seed=2024).images.tobytes()
+        assert f'"event_loop": "{loop}"' in server.log_text(), server.log_text()[-2000:]
+    assert answers["uvloop"] == answers["asyncio"] and len(answers["uvloop"]) == 7 * 784
