@@ -27,25 +27,21 @@ import collections
 import itertools
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-import numpy as np
-
+from server.core.batches import (
+    Batch,
+    BatchRunner,
+    Decoded,
+    Decoder,
+    DrawFunction,
+    Job,
+    LatentSource,
+    SeededRows,
+)
 from server.core.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
 from server.core.settings import BatcherConfig
-
-
-class Decoder(Protocol):
-    """What the batcher needs of a decoder (runner.DecoderRunner provides it)."""
-
-    latent_dim: int
-    image_shape: tuple[int, ...]
-    dtype: np.dtype
-
-    def decode_into(self, latents: np.ndarray, out: np.ndarray) -> None: ...
 
 
 class BatchObserver(Protocol):
@@ -62,56 +58,6 @@ class _NullObserver:
     def batch_decoded(self, samples: int, seconds: float) -> None: ...
 
 
-@dataclass(slots=True)
-class SeededRows:
-    """Latents still to be drawn: rows `rows` of seeds `seeds` ((n,) uint64 each) from the sampler named by
-    `key` (e.g. (sampler, temperature)); or, with `seeds` an int, rows rows..rows+n-1 of that one seed (`rows`
-    an int too), whose arrays are then built for the whole batch at once. The batcher draws every such request
-    of a batch with one call of its `draw` function per key, on the inference thread: per-call overhead is
-    paid per batch, not per request. (Not frozen: a frozen dataclass's __init__ costs 4x, on every request.)"""
-
-    key: Hashable
-    seeds: np.ndarray | int
-    rows: np.ndarray | int
-
-
-LatentSource = Callable[[], np.ndarray] | SeededRows
-DrawFunction = Callable[[Hashable, np.ndarray, np.ndarray], np.ndarray]
-
-
-@dataclass(slots=True)
-class Decoded:
-    images: np.ndarray  # (n, *image_shape), the decoder's dtype; may be a view of its merged batch's output
-    latents: np.ndarray  # (n, latent_dim) float32
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    n: int
-    source: LatentSource
-    dtype: np.dtype
-    future: asyncio.Future
-    deadline: float | None  # time.monotonic()
-    enqueued: float
-    latents: np.ndarray | None = None
-    images: np.ndarray | None = None  # made on the inference thread, or a view of a merged batch's output
-    assigned: int = 0  # rows handed to batches so far
-    decoded: int = 0
-    waited: bool = False
-    error: BaseException | None = None
-
-
-@dataclass
-class _Batch:
-    dtype: str
-    pieces: list[tuple[_Job, int, int]] = field(default_factory=list)  # (job, first row, row count)
-    samples: int = 0
-    dequeued: int = 0  # samples that left the queue (decoded or dropped), for the depth gauge
-    waits: list[float] = field(default_factory=list)  # queue waits of the requests batched for the first time
-    expired: list[_Job] = field(default_factory=list)  # dropped: their deadline passed while queued
-    seconds: float = 0.0  # decode time
-
-
 class Batcher:
     """Queue, merge and decode requests for one model version. Use `submit`; `start` and `close` bracket it."""
 
@@ -125,16 +71,16 @@ class Batcher:
         self.observer = observer or _NullObserver()
         self.draw = draw  # for SeededRows sources
         self.name = name
-        first = next(iter(decoders.values()))
-        self.latent_dim = first.latent_dim
-        self.image_shape = tuple(first.image_shape)
+        self._runner = BatchRunner(decoders, draw, config.max_batch_size)  # used by the inference thread only
+        self.latent_dim = self._runner.latent_dim
+        self.image_shape = self._runner.image_shape
         # Shared between the event loop (submit appends) and the inference thread (everything else): _lock.
         self._lock = threading.Lock()
         # The thread sleeps on this queue (C code, unlike threading.Condition's notify): submit puts a token
         # only while it sleeps and only when it has something new to decide.
         self._wakeup: SimpleQueue[None] = SimpleQueue()
         self._sleeping = False
-        self._queues: dict[str, collections.deque[_Job]] = {k: collections.deque() for k in decoders}
+        self._queues: dict[str, collections.deque[Job]] = {k: collections.deque() for k in decoders}
         self._queued = {k: 0 for k in decoders}  # samples not yet handed to a batch, per dtype
         self._queued_total = 0  # their sum
         # (Event loop only.) Samples queued since the last batch's callback: the depth gauge moves once per
@@ -145,11 +91,9 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # The inference thread's own state: the previous batch's request count (the adaptive delay waits for
-        # as many), and the latent buffer it reuses. Images are not reused: a merged batch's output is handed
-        # out to its requests as views.
+        # as many).
         self._last_requests = 0
         self._answered_at = 0.0  # time.monotonic() when the previous batch's answers were handed to the loop
-        self._latent_buffer = np.empty((config.max_batch_size, self.latent_dim), np.float32)
 
     @property
     def queued_samples(self) -> int:
@@ -180,7 +124,7 @@ class Batcher:
         if isinstance(source, SeededRows) and self.draw is None:
             raise ValueError("this batcher has no draw function for SeededRows")
         loop = self._loop or asyncio.get_running_loop()
-        job = _Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline, time.monotonic())
+        job = Job(n, source, self.decoders[dtype].dtype, loop.create_future(), deadline, time.monotonic())
         with self._lock:
             queued = self._queued_total
             if queued + n > self.config.max_queue_samples:
@@ -207,7 +151,7 @@ class Batcher:
                 return
             if batch.pieces:
                 started = time.perf_counter()
-                self._decode(batch)
+                self._runner.run(batch)
                 batch.seconds = time.perf_counter() - started
                 self._last_requests = len(batch.pieces)
                 self._drop_failed_rest(batch)
@@ -217,7 +161,7 @@ class Batcher:
             except RuntimeError:  # the event loop is closed: nobody is waiting for these answers
                 return
 
-    def _next_batch(self) -> _Batch | None:
+    def _next_batch(self) -> Batch | None:
         """(Holding the lock.) Wait for work, then for company as the config says, and take a batch."""
         idle_since = time.monotonic()
         while not any(self._queues.values()):
@@ -265,10 +209,10 @@ class Batcher:
             self._lock.acquire()
             self._sleeping = False  # a token put after a timeout only makes the next sleep return at once
 
-    def _take(self, dtype: str) -> _Batch:
+    def _take(self, dtype: str) -> Batch:
         """(Holding the lock.) Hand up to max_batch_size queued rows to a batch, dropping cancelled and
         expired requests."""
-        queue, batch = self._queues[dtype], _Batch(dtype)
+        queue, batch = self._queues[dtype], Batch(dtype)
         now, capacity = time.monotonic(), self.config.max_batch_size
         while queue and batch.samples < capacity:
             job = queue[0]
@@ -294,7 +238,7 @@ class Batcher:
                 queue.popleft()
         return batch
 
-    def _drop_failed_rest(self, batch: _Batch) -> None:
+    def _drop_failed_rest(self, batch: Batch) -> None:
         """A request that failed in this batch leaves the rows it still had queued."""
         for job, _, _ in batch.pieces:
             if job.error is not None and job.assigned < job.n:
@@ -308,91 +252,9 @@ class Batcher:
                         batch.dequeued += left
                         job.assigned = job.n
 
-    def _decode(self, batch: _Batch) -> None:
-        self._draw_seeded([job for job, _, _ in batch.pieces])
-        pieces = [p for p in batch.pieces if self._ensure_latents(p[0])]
-        if not pieces:
-            return
-        decoder = self.decoders[batch.dtype]
-        try:
-            if len(pieces) == 1:  # the common large request: decode straight into its own buffer
-                job, first, count = pieces[0]
-                decoder.decode_into(job.latents[first:first + count], self._rows(job, first, count))
-            else:
-                self._decode_merged(decoder, pieces)
-        except Exception as exc:  # noqa: BLE001 - fail the batch's requests, keep the batcher alive
-            for job, _, _ in pieces:
-                job.error = exc
-            return
-        for job, _, count in pieces:
-            job.decoded += count
-
-    def _decode_merged(self, decoder: Decoder, pieces: list[tuple[_Job, int, int]]) -> None:
-        total = sum(count for _, _, count in pieces)
-        latents = self._latent_buffer[:total]
-        images = np.empty((total, *self.image_shape), decoder.dtype)
-        row = 0
-        for job, first, count in pieces:
-            latents[row:row + count] = job.latents[first:first + count]
-            row += count
-        decoder.decode_into(latents, images)
-        row = 0
-        for job, first, count in pieces:
-            if count == job.n:  # the whole request: its rows of the batch are its answer, no copy
-                job.images = images[row:row + count]
-            else:  # one part of a request split across batches: into its own array
-                self._rows(job, first, count)[...] = images[row:row + count]
-            row += count
-
-    def _rows(self, job: _Job, first: int, count: int) -> np.ndarray:
-        """Rows first..first+count of the job's own image array, allocated on its first batch."""
-        if job.images is None:
-            job.images = np.empty((job.n, *self.image_shape), job.dtype)
-        return job.images[first:first + count]
-
-    def _draw_seeded(self, jobs: list[_Job]) -> None:
-        """One draw per sampler key for every job of the batch that still needs its seeded latents."""
-        groups: dict[Hashable, list[_Job]] = {}
-        for job in jobs:
-            if job.latents is None and job.error is None and isinstance(job.source, SeededRows):
-                groups.setdefault(job.source.key, []).append(job)
-        for key, members in groups.items():
-            seeds, rows = _seed_arrays(members)
-            try:
-                latents = np.ascontiguousarray(self.draw(key, seeds, rows), dtype=np.float32)
-            except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
-                for job in members:
-                    job.error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
-                continue
-            if latents.shape != (len(seeds), self.latent_dim):
-                for job in members:
-                    job.error = RuntimeError(f"draw gave shape {latents.shape}, expected {(len(seeds), self.latent_dim)}")
-                continue
-            start = 0
-            for job in members:
-                job.latents = latents[start:start + job.n]
-                start += job.n
-
-    def _ensure_latents(self, job: _Job) -> bool:
-        if job.error is not None:
-            return False
-        if job.latents is not None:
-            return True
-        try:
-            latents = np.ascontiguousarray(job.source(), dtype=np.float32)
-        except Exception as exc:  # noqa: BLE001 - e.g. a sampler refusing its parameters
-            job.error = exc if isinstance(exc, InvalidRequest) else InvalidRequest(str(exc))
-            return False
-        if latents.shape != (job.n, self.latent_dim):
-            job.error = RuntimeError(f"latent source gave shape {latents.shape}, "
-                                     f"expected {(job.n, self.latent_dim)}")
-            return False
-        job.latents = latents
-        return True
-
     # ------------------------------------------------------------------------------- on the event loop
 
-    def _finish(self, batch: _Batch) -> None:
+    def _finish(self, batch: Batch) -> None:
         """One callback per batch: metrics first, then every answer of the batch."""
         observer = self.observer
         delta, self._unreported = self._unreported - batch.dequeued, 0
@@ -414,29 +276,4 @@ class Batcher:
                 job.future.set_result(Decoded(job.images, job.latents))
 
 
-def _seed_arrays(jobs: list[_Job]) -> tuple[np.ndarray, np.ndarray]:
-    """The (seeds, rows) uint64 arrays of the jobs' SeededRows, in order: a handful of array operations per
-    batch, however many one-seed requests it merged."""
-    sources = [job.source for job in jobs]
-    if len(jobs) == 1:
-        return _as_arrays(jobs[0])
-    if not all(isinstance(source.seeds, int) for source in sources):
-        parts = [_as_arrays(job) for job in jobs]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    seeds = np.array([source.seeds for source in sources], np.uint64)
-    firsts = np.array([source.rows for source in sources], np.uint64)
-    counts = [job.n for job in jobs]
-    if max(counts) == 1:
-        return seeds, firsts
-    # Sample i of the batch, in request j: row firsts[j] + (i - starts[j]) of seeds[j] (uint64 wraps both ways).
-    lengths = np.array(counts, np.int64)
-    starts = (np.cumsum(lengths) - lengths).astype(np.uint64)
-    return np.repeat(seeds, lengths), np.arange(sum(counts), dtype=np.uint64) - np.repeat(starts - firsts, lengths)
-
-
-def _as_arrays(job: _Job) -> tuple[np.ndarray, np.ndarray]:
-    source = job.source
-    if isinstance(source.seeds, int):
-        first = source.rows
-        return np.full(job.n, source.seeds, np.uint64), np.arange(first, first + job.n, dtype=np.uint64)
-    return source.seeds, source.rows
+__all__ = ["BatchObserver", "Batcher"]

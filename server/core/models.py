@@ -30,7 +30,8 @@ from export.repository import (
     load_version,
 )
 from server.core import samplers as latent_samplers
-from server.core.batcher import Batcher, BatchObserver, Decoded, LatentSource, SeededRows
+from server.core.batcher import Batcher, BatchObserver
+from server.core.batches import Decoded, LatentSource, SeededRows
 from server.core.errors import InvalidRequest, ModelLoadError, ModelNotFound
 from server.core.runner import DecoderRunner, Device, GraphRunner
 from server.core.settings import MAX_IMAGE_ELEMENTS, CoreSettings
@@ -140,7 +141,7 @@ class LoadedModel:
     def generate(self, n: int, seeds: np.ndarray | int, rows: np.ndarray | int, sampler: str, temperature: float,
                  dtype: str, deadline: float | None = None) -> asyncio.Future:
         """Queue n samples, one per (seed, row) pair of the arrays `seeds` and `rows`, or rows rows..rows+n-1
-        of the one seed `seeds` (both ints); resolves to batcher.Decoded. The latents are drawn on the
+        of the one seed `seeds` (both ints); resolves to batches.Decoded. The latents are drawn on the
         inference thread, for all the requests of a batch at once (`draw`, samplers.py)."""
         self.check_count(n)
         self.check_sampling(sampler, temperature)

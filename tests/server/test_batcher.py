@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from export.repository import load_version
-from server.core.batcher import Batcher, SeededRows
+from server.core.batcher import Batcher
+from server.core.batches import SeededRows
 from server.core.errors import DeadlineExceeded, QueueFull
 from server.core.runner import DecoderRunner, Device
 from server.core.samplers import draw, seed_rows
