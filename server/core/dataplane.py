@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.core.batcher import Decoded
+from server.core.batches import Decoded
 from server.core.errors import InvalidRequest
 from server.core.models import Encoded, LoadedModel, ModelInfo
 from server.core.registry import ModelRegistry, VersionState
@@ -121,8 +121,11 @@ class DataPlane:
         """One sample per seed: row i is row 0 of seeds[i], i.e. what generate(seed=seeds[i], n=1) gives."""
         model = self.registry.resolve(name, version)
         seeds = np.ascontiguousarray(seeds, np.uint64).reshape(-1)
-        decoded = await self._generate_rows(model, len(seeds), seeds, np.zeros(len(seeds), np.uint64), sampler,
-                                            temperature, dtype, deadline)
+        if len(seeds) == 1:  # one seed as an int: the batch builds its arrays with the other requests'
+            decoded = await self._generate_rows(model, 1, int(seeds[0]), 0, sampler, temperature, dtype, deadline)
+        else:
+            decoded = await self._generate_rows(model, len(seeds), seeds, np.zeros(len(seeds), np.uint64), sampler,
+                                                temperature, dtype, deadline)
         return Generated(model.info, decoded.images, decoded.latents, sampler, int(seeds[0]) if len(seeds) else 0)
 
     async def _generate_rows(self, model: LoadedModel, n: int, seeds: np.ndarray | int, rows: np.ndarray | int,
