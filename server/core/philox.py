@@ -11,9 +11,17 @@ generator per row costs ~37 µs each. The known-answer vectors of Random123 are 
 
 Here the 64-bit key is the request's seed and the 128-bit counter is (row: 64 bits, block: 32 bits, 0);
 each block's four words are four 32-bit uniforms.
+
+Two implementations of the same rounds, checked against each other and the known-answer vectors: numpy
+arrays of words (`philox4x32`), and, for the few blocks of a small batch, where numpy's ~1 µs per call is
+the whole cost (5 calls a round), Python integers holding one 32-bit word per 64-bit lane
+(`philox4x32_packed`): one big-integer multiply makes every lane's 32 × 32 → 64-bit product, none of which
+can carry into its neighbour. 8 rows × 4 blocks: 16 µs packed, 60 µs in numpy; they meet near 400 blocks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -59,20 +67,41 @@ def _round_keys(key: tuple[np.ndarray, np.ndarray], ndim: int) -> np.ndarray:
     return (base + _BUMPS.reshape(ROUNDS, 2, *(1,) * ndim)) & _LOW
 
 
-def _block_words_scalar(seed: int, row: int, block: int) -> tuple[int, int, int, int]:
-    """The same Philox4x32-10 block in plain Python integers (exact): cheaper than numpy for a few blocks."""
-    m0, m1, w0, w1, low = int(M0), int(M1), int(W0), int(W1), int(_LOW)
-    c0, c1, c2, c3 = row & low, row >> 32, block, 0
-    k0, k1 = seed & low, seed >> 32
+def philox4x32_packed(counter: tuple[int, int, int, int], key: tuple[int, int],
+                      lanes: int) -> tuple[int, int, int, int]:
+    """Philox4x32-10 on `lanes` blocks at once: each word an int holding one 32-bit value per 64-bit lane
+    (lane i in bits 64i .. 64i+31)."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    mask, w0, w1 = _lane_constants(lanes)
+    m0, m1 = int(M0), int(M1)
     for i in range(ROUNDS):
         if i:
-            k0, k1 = (k0 + w0) & low, (k1 + w1) & low
-        p0, p1 = m0 * c0, m1 * c2
-        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & low, (p0 >> 32) ^ c3 ^ k1, p0 & low
+            k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+        p0, p1 = c0 * m0, c2 * m1  # each lane's product fits its 64 bits
+        c0, c1, c2, c3 = ((p1 >> 32) & mask) ^ c1 ^ k0, p1 & mask, ((p0 >> 32) & mask) ^ c3 ^ k1, p0 & mask
     return c0, c1, c2, c3
 
 
-_SCALAR_BLOCKS = 12  # up to this many blocks in a call, Python integers beat numpy's per-call overhead
+@functools.lru_cache(maxsize=64)
+def _lane_constants(lanes: int) -> tuple[int, int, int]:
+    """(2³² - 1, W0, W1) in every one of `lanes` 64-bit lanes."""
+    ones = ((1 << (64 * lanes)) - 1) // ((1 << 64) - 1)  # 1 in each lane
+    return int(_LOW) * ones, int(W0) * ones, int(W1) * ones
+
+
+def pack(words: np.ndarray) -> int:
+    """A uint64 array as one int, element i in lane i."""
+    return int.from_bytes(np.ascontiguousarray(words, "<u8").tobytes(), "little")
+
+
+def unpack(words: tuple[int, ...], lanes: int) -> np.ndarray:
+    """(len(words), lanes) uint64: the lanes of each packed int."""
+    size = 8 * lanes
+    return np.frombuffer(b"".join(w.to_bytes(size, "little") for w in words), "<u8").reshape(len(words), lanes)
+
+
+_PACKED_BLOCKS = 384  # up to this many blocks in a call, packed Python integers beat numpy's per-call overhead
 
 
 def uniforms(seeds: np.ndarray, rows: np.ndarray, blocks: int, first_block: int = 0) -> np.ndarray:
@@ -80,10 +109,15 @@ def uniforms(seeds: np.ndarray, rows: np.ndarray, blocks: int, first_block: int 
     from key seeds[i], counter rows[i]."""
     seeds = np.asarray(seeds, np.uint64).reshape(-1, 1)
     rows = np.asarray(rows, np.uint64).reshape(-1, 1)
-    if seeds.shape[0] * blocks <= _SCALAR_BLOCKS:
-        words = np.array([[_block_words_scalar(int(seed), int(row), first_block + b) for b in range(blocks)]
-                          for seed, row in zip(seeds[:, 0], rows[:, 0])], np.float64).reshape(-1, blocks, 4)
-        out = words
+    n = seeds.shape[0]
+    if n * blocks <= _PACKED_BLOCKS:
+        lanes = n * blocks  # in (row, block) order
+        mask = _lane_constants(lanes)[0]
+        row, seed = (pack(np.repeat(a[:, 0], blocks)) for a in (rows, seeds))
+        block = pack(np.tile(np.arange(first_block, first_block + blocks, dtype=np.uint64), n))
+        words = philox4x32_packed((row & mask, (row >> 32) & mask, block, 0), (seed & mask, (seed >> 32) & mask),
+                                  lanes)
+        out = unpack(words, lanes).reshape(4, n, blocks).transpose(1, 2, 0).astype(np.float64, order="C")  # (n, blocks, 4)
     else:
         block = np.arange(first_block, first_block + blocks, dtype=np.uint64).reshape(1, -1)
         words = philox4x32((rows & _LOW, rows >> _32, block, np.zeros((1, 1), np.uint64)),

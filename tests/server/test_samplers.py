@@ -29,6 +29,10 @@ def test_philox_matches_the_reference_vectors(counter, key, expected) -> None:
     words = philox.philox4x32(tuple(np.array([w], np.uint64) for w in counter),
                               tuple(np.array([w], np.uint64) for w in key))
     assert tuple(int(w[0]) for w in words) == expected
+    # The packed path, with the vector in the middle lane of three (its neighbours must not leak into it).
+    packed = philox.philox4x32_packed(tuple(w << 64 | 0xFFFFFFFF for w in counter),
+                                      tuple(w << 64 | 0x12345678 | 0xFFFFFFFF << 128 for w in key), lanes=3)
+    assert tuple(int(lanes[1]) for lanes in philox.unpack(packed, 3)) == expected
 
 
 def test_normals_are_standard_normal_and_independent_across_dimensions() -> None:
@@ -86,12 +90,13 @@ def test_bad_sampling_requests_are_invalid_requests(sampler, temperature, messag
         check_sampling(("standard_normal", "gaussian", "mixture"), sampler, temperature, "model m version 1")
 
 
-def test_the_scalar_path_for_a_few_rows_gives_the_vectorised_bytes() -> None:
+def test_the_packed_path_for_a_few_rows_gives_the_numpy_bytes() -> None:
     rng = np.random.default_rng(1)
-    seeds = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64, endpoint=True)
-    rows = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64, endpoint=True)
-    together = philox.uniforms(seeds, rows, 5, first_block=1)  # 200 blocks: numpy
-    one_by_one = np.concatenate([philox.uniforms(seeds[i:i + 1], rows[i:i + 1], 5, first_block=1)
-                                 for i in range(40)])  # 5 blocks each: Python integers
-    assert together.shape == (40, 20)
-    np.testing.assert_array_equal(together, one_by_one)
+    seeds = rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)
+    rows = rng.integers(0, 2**64 - 1, 100, dtype=np.uint64, endpoint=True)
+    seeds[:2], rows[:2] = 2**64 - 1, 2**64 - 1  # every bit of a lane set
+    together = philox.uniforms(seeds, rows, 5, first_block=1)  # 500 blocks: numpy
+    in_parts = np.concatenate([philox.uniforms(seeds[i:i + k], rows[i:i + k], 5, first_block=1)
+                               for i, k in ((0, 1), (1, 3), (4, 16), (20, 76), (96, 4))])  # <= 380 blocks: packed
+    assert together.shape == (100, 20)
+    np.testing.assert_array_equal(together, in_parts)
