@@ -36,7 +36,7 @@ class ExecutionConfig:
     cuda_tf32: bool = False
     cudnn_conv_algo_search: str = "HEURISTIC"
     gpu_mem_limit: int = 0
-    small_batch_samples: int = 64  # CPU: batches up to this many samples run on a single-threaded session
+    small_batch_samples: int = 32  # CPU: batches up to this many samples run on a single-threaded session
     intra_op_spinning: bool = False
 
 
@@ -91,7 +91,7 @@ class CoreSettings:
     max_samples_per_stream: int = 4194304
     repository_poll_seconds: float = 10.0  # 0 disables polling
     intra_op_threads: int = 0  # 0: onnxruntime's default
-    small_batch_samples: int = 64  # CPU: up to this many samples per batch on a single-threaded session; 0: off
+    small_batch_samples: int = 32  # CPU: up to this many samples per batch on a single-threaded session; 0: off
     intra_op_spinning: bool = False
     decoder_precision: str = "fp32"  # int8: the version's int8 decoders (aegen-export --int8) where it has them
     cuda_graphs: bool = False
