@@ -1,4 +1,4 @@
-"""The framework's own ceiling: GenerateSamples with no inference.
+"""The framework's own ceiling: GenerateSamples (and the Open Inference Protocol's ModelInfer) with no inference.
 
 A grpc.aio server, built like the real one (same message-size limits, same asyncio servicer, same event loop), whose
 GenerateSamples returns a preallocated response of the requested size and dtype. What the load tester
@@ -21,6 +21,8 @@ import grpc.aio
 
 from protos.aegen.v1 import generator_pb2, generator_pb2_grpc
 from protos.cli import run_async
+from protos.inference import grpc_service_pb2 as oip_pb2
+from protos.inference import grpc_service_pb2_grpc as oip_grpc
 
 IMAGE_SHAPE = (1, 28, 28)
 MAX_SAMPLES = 65536
@@ -51,10 +53,32 @@ class EchoServicer(generator_pb2_grpc.GeneratorServiceServicer):
         return self._response(request.num_samples, request.output_dtype)
 
 
+class EchoInference(oip_grpc.GRPCInferenceServiceServicer):
+    """The Open Inference Protocol's ModelInfer as the peer benchmark calls it (SEED [N, 1] in): IMAGES
+    [N, 1, 28, 28] UINT8 of zeros, from a cache of ready-made responses, one per N."""
+
+    def __init__(self) -> None:
+        self._responses: dict[int, oip_pb2.ModelInferResponse] = {}
+
+    async def ModelInfer(self, request: oip_pb2.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> oip_pb2.ModelInferResponse:
+        n = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 0
+        if not 1 <= n <= MAX_SAMPLES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"SEED must have 1..{MAX_SAMPLES} rows, got {n}")
+        if n not in self._responses:
+            self._responses[n] = oip_pb2.ModelInferResponse(
+                model_name=request.model_name, model_version="1",
+                outputs=[oip_pb2.ModelInferResponse.InferOutputTensor(name="IMAGES", datatype="UINT8",
+                                                                      shape=[n, *IMAGE_SHAPE])],
+                raw_output_contents=[bytes(n * math.prod(IMAGE_SHAPE))])
+        return self._responses[n]
+
+
 async def serve(host: str, port: int) -> None:
     server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     generator_pb2_grpc.add_GeneratorServiceServicer_to_server(EchoServicer(), server)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(EchoInference(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"listening on {host}:{bound}", flush=True)

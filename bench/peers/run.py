@@ -5,7 +5,9 @@ exported uint8 decoder, the same onnxruntime threads (2 intra-op) and the same c
   single-threaded small-batch session), driven twice: over the Open Inference Protocol's gRPC by the
   closed-loop client of bench/peers/oip_loop.py, and over aegen.v1 by aegen-loadtest;
 - MLServer: the custom runtime bench/peers/mlserver_runtime.py (seeds in, uint8 images out), one server
-  per adaptive-batching setting (SETTINGS), driven by the same OIP client.
+  per adaptive-batching setting (SETTINGS), driven by the same OIP client;
+- the echo server (bench/echo_server.py: ModelInfer answered from a cache, no inference), driven by the same
+  OIP client: what any grpc.aio server reaches with this client on this machine, the ceiling of each cell.
 
 Every cell (N samples per request × calls in flight) runs each side `--rounds` times, rounds alternating
 between the servers, which all run side by side; the best round of each counts (others' work on the
@@ -35,19 +37,23 @@ from bench.common import (
     load_parser,
     machine_details,
     report_or_fail,
+    serve_echo,
     serve_model,
     write_result,
 )
 from bench.peers.mlserver import VERSION, MLServerSetting, check_installed, serve_mlserver
 from bench.peers.oip_loop import LoopResult, closed_loop
 from bench.peers.perf_sweep import perf_sweep
-from bench.peers.report import AEGEN_OIP, AEGEN_V1, Cell, body_markdown, plot
+from bench.peers.report import AEGEN_OIP, AEGEN_V1, ECHO, Cell, body_markdown, plot
 from client.loadtest.scrape import BATCH_SIZE_METRIC, scrape_histograms
 from client.local import free_port
 
 AEGEN_BEFORE = "aegen before this issue, OIP gRPC"
 # MLServer's threads; a queue that holds 64 calls of 8192 (the default 262,144 samples refuses the 33rd).
-AEGEN_FLAGS = ["--intra-op-threads", "2", "--max-queue-samples", "1048576"]
+BEFORE_FLAGS = ["--intra-op-threads", "2", "--max-queue-samples", "1048576"]
+# MLServer queues whatever comes; aegen's admission (--max-wait-seconds, 10 s) would refuse the calls whose
+# wait exceeds half of it (N = 8192, 64 in flight: ~5 s ahead), so a throughput cell would count refusals.
+AEGEN_FLAGS = [*BEFORE_FLAGS, "--max-wait-seconds", "0"]
 
 SIZES = (1, 64, 1024, 8192)
 IN_FLIGHT = (1, 16, 64)
@@ -88,6 +94,12 @@ def _mlserver(server, model: str, n: int, in_flight: int, args: argparse.Namespa
                 result.latency_ms["p99"], sum(result.errors.values()), batch)
 
 
+def _echo(served, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
+    result = closed_loop(served.target, "echo", n, in_flight, args.duration, args.warmup)
+    return Cell(ECHO, n, in_flight, result.samples_per_s, result.latency_ms["p50"], result.latency_ms["p99"],
+                sum(result.errors.values()), float("nan"))
+
+
 def _aegen_before(served, model: str, n: int, in_flight: int, args: argparse.Namespace) -> Cell:
     cell = _aegen_oip(served, model, n, in_flight, args)
     cell.side = f"{AEGEN_BEFORE} ({args.before})"
@@ -115,11 +127,13 @@ def serve_old_aegen(commit: str, repository: Path, extra: list[str]):
         shutil.rmtree(tree, ignore_errors=True)
 
 
-def measure(args: argparse.Namespace, model, aegen, mlservers: dict, before=None) -> list[Cell]:
+def measure(args: argparse.Namespace, model, aegen, mlservers: dict, before=None, echo=None) -> list[Cell]:
     best: list[Cell] = []
     for n in args.sizes:
         for in_flight in args.in_flight:
             sides = {AEGEN_OIP: (_aegen_oip, aegen), AEGEN_V1: (_aegen_v1, aegen)}
+            if echo is not None:
+                sides[ECHO] = (_echo, echo)
             if before is not None:
                 sides[AEGEN_BEFORE] = (_aegen_before, before)
             for setting, server in mlservers.items():
@@ -154,9 +168,10 @@ def run(args: argparse.Namespace) -> Path:
     with contextlib.ExitStack() as stack:
         aegen = stack.enter_context(serve_model(model.repository, ["--http-port", str(http_port), *AEGEN_FLAGS]))
         mlservers = {s: stack.enter_context(serve_mlserver(decoder, model.name, s)) for s in settings}
-        before = (stack.enter_context(serve_old_aegen(args.before, model.repository, AEGEN_FLAGS))
+        before = (stack.enter_context(serve_old_aegen(args.before, model.repository, BEFORE_FLAGS))
                   if args.before else None)
-        cells = measure(args, model, aegen, mlservers, before)
+        echo = stack.enter_context(serve_echo())
+        cells = measure(args, model, aegen, mlservers, before, echo)
         sweeps = [] if args.no_perf_analyzer else perf_sweep(aegen.target, f"127.0.0.1:{http_port}", model.name,
                                                              args.perf_sizes, args.in_flight, args.duration)
     png = args.out_dir / "peers.png"
