@@ -205,7 +205,8 @@ _HELP = {
     "event_loop": "auto (uvloop where installed, else asyncio), uvloop, or asyncio",
     "intra_op_threads": "onnxruntime intra-op threads per session (0: onnxruntime's default)",
     "small_batch_samples": "on CPU, batches of up to this many samples run on a single-threaded session (0: off)",
-    "intra_op_spinning": "let idle onnxruntime pool threads spin between runs (lower latency, burns CPU)",
+    "spin_batch_samples": "on CPU, a request of at least this many samples batched alone runs on an onnxruntime "
+                          "pool whose threads spin between runs: lower latency at a light load (0: never)",
     "decoder_precision": "fp32, or int8: decode with the version's int8 decoders (aegen-export --int8) where "
                          "it has them",
     "workers": "server processes sharing the port (SO_REUSEPORT), each with its own sessions and batcher",

@@ -24,7 +24,7 @@ class Decoder(Protocol):
     image_shape: tuple[int, ...]
     dtype: np.dtype
 
-    def decode_into(self, latents: np.ndarray, out: np.ndarray) -> None: ...
+    def decode_into(self, latents: np.ndarray, out: np.ndarray, requests: int = 1) -> None: ...
 
 
 @dataclass(slots=True)
@@ -117,7 +117,7 @@ class BatchRunner:
         for job, first, count in pieces:
             latents[row:row + count] = job.latents[first:first + count]
             row += count
-        decoder.decode_into(latents, images)
+        decoder.decode_into(latents, images, len(pieces))
         row = 0
         for job, first, count in pieces:
             if count == job.n:  # the whole request: its rows of the batch are its answer, no copy

@@ -37,7 +37,7 @@ class ExecutionConfig:
     cudnn_conv_algo_search: str = "HEURISTIC"
     gpu_mem_limit: int = 0
     small_batch_samples: int = 32  # CPU: batches up to this many samples run on a single-threaded session
-    intra_op_spinning: bool = False
+    spin_batch_samples: int = 64  # CPU: a lone request this large runs on a pool whose threads spin; 0: never
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class CoreSettings:
     repository_poll_seconds: float = 10.0  # 0 disables polling
     intra_op_threads: int = 0  # 0: onnxruntime's default
     small_batch_samples: int = 32  # CPU: up to this many samples per batch on a single-threaded session; 0: off
-    intra_op_spinning: bool = False
+    spin_batch_samples: int = 64  # CPU: a lone request this large runs on a spinning thread pool; 0: never
     decoder_precision: str = "fp32"  # int8: the version's int8 decoders (aegen-export --int8) where it has them
     cuda_graphs: bool = False
     cuda_tf32: bool = False
@@ -107,7 +107,7 @@ class CoreSettings:
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
                        "max_samples_per_stream")
         check_at_least(self, 0, "max_queue_delay_us", "adaptive_queue_delay_us", "intra_op_threads",
-                       "small_batch_samples", "gpu_mem_limit")
+                       "small_batch_samples", "spin_batch_samples", "gpu_mem_limit")
         check_seconds(self, "repository_poll_seconds")
         if self.max_queue_samples < self.max_samples_per_request:
             raise ConfigError(f"--max-queue-samples ({self.max_queue_samples}) must be at least "
@@ -125,7 +125,7 @@ class CoreSettings:
     def execution(self) -> ExecutionConfig:
         return ExecutionConfig(self.device, self.intra_op_threads, self.cuda_graphs, self.cuda_tf32,
                                self.cudnn_conv_algo_search, self.gpu_mem_limit, self.small_batch_samples,
-                               self.intra_op_spinning)
+                               self.spin_batch_samples)
 
     @property
     def batching(self) -> BatcherConfig:

@@ -225,3 +225,35 @@ def test_small_batches_run_on_the_single_threaded_session_with_the_same_bytes(mo
         runner = DecoderRunner(version.graph_path("decoder"), device, m.latent_dim, tuple(m.image_shape),
                                np.dtype("float32"), 64)
         assert runner.small_graph is None and runner.session_for(1) is runner.graph
+
+
+def test_large_batches_run_on_a_spinning_pool_with_the_same_bytes(model_repository):
+    version = load_version(model_repository, "digits-vae")
+    m = version.manifest
+    device = Device("cpu", ExecutionConfig(device="cpu", intra_op_threads=2, small_batch_samples=16,
+                                           spin_batch_samples=48))
+    runner = DecoderRunner(version.graph_path("decoder"), device, m.latent_dim, tuple(m.image_shape),
+                           np.dtype("float32"), 128)
+
+    def spins(graph) -> str:
+        try:
+            return graph.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, which spins
+            return "1"
+
+    assert runner.session_for(16) is runner.small_graph and runner.session_for(47) is runner.graph
+    assert runner.session_for(48) is runner.spin_graph and runner.session_for(128) is runner.spin_graph
+    assert runner.session_for(128, requests=2) is runner.graph  # merged: calls are queuing, no spinning
+    assert runner.session_for(16, requests=2) is runner.small_graph
+    assert spins(runner.graph) == "0" and spins(runner.spin_graph) != "0"
+    latents = _latents(version, 5, 96)()
+    spun, pooled = np.empty((96, *m.image_shape), np.float32), np.empty((96, *m.image_shape), np.float32)
+    runner.decode_into(latents, spun)
+    runner.decode_into(latents, pooled, requests=3)
+    assert pooled.tobytes() == spun.tobytes()
+    # Spinning switched off, or larger than any batch: no spinning session.
+    for spin in (0, 129):
+        runner = DecoderRunner(version.graph_path("decoder"), Device("cpu", ExecutionConfig(
+            device="cpu", intra_op_threads=2, small_batch_samples=16, spin_batch_samples=spin)),
+            m.latent_dim, tuple(m.image_shape), np.dtype("float32"), 128)
+        assert runner.spin_graph is None and runner.session_for(128) is runner.graph
