@@ -1,6 +1,7 @@
 """Run every benchmark in turn (a: ceiling vs service, b: small requests, c: batching, d: memory,
-e: training and export, f: the Open Inference Protocol, g: the int8 decoder) and write their tables under
-docs/benchmarks/. `make bench` runs this; the peer benchmark against MLServer is `make bench-peers`.
+e: training and export, f: the Open Inference Protocol, g: the int8 decoder, h: the server's own work per
+call) and write their tables under docs/benchmarks/. `make bench` runs this; the peer benchmark against
+MLServer is `make bench-peers`.
 
     python -m bench.run_all [--repository R --model M --checkpoint C] [--only a,b] [--quick]
 
@@ -14,7 +15,7 @@ import argparse
 import sys
 import time
 
-from bench import batching, ceiling_vs_service, int8, memory, oip, small_requests, train_export
+from bench import batching, ceiling_vs_service, int8, memory, oip, per_call, small_requests, train_export
 from bench.common import RESULTS_DIR, BenchError, add_model_arguments, bench_model
 
 BENCHMARKS = {
@@ -25,17 +26,19 @@ BENCHMARKS = {
     "e": train_export,
     "f": oip,
     "g": int8,
+    "h": per_call,
 }
 QUICK = {"a": ["--duration", "1", "--warmup", "0.3"], "b": ["--duration", "1", "--warmup", "0.3", "--rounds", "1"],
          "c": ["--duration", "1", "--warmup", "0.3", "--rounds", "1"], "d": ["--duration", "5", "--warmup", "2"],
          "e": ["--limit", "1000"], "f": ["--duration", "1", "--warmup", "0.3", "--rounds", "1"],
-         "g": ["--duration", "1", "--warmup", "0.3", "--rounds", "1", "--samples", "1000"]}
+         "g": ["--duration", "1", "--warmup", "0.3", "--rounds", "1", "--samples", "1000"],
+         "h": ["--seconds", "0.5", "--rounds", "1", "--alternations", "1"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)
-    p.add_argument("--only", default="a,b,c,d,e,f,g", help="comma-separated benchmark letters")
+    p.add_argument("--only", default="a,b,c,d,e,f,g,h", help="comma-separated benchmark letters")
     p.add_argument("--quick", action="store_true", help="short measurements, to check the benchmarks run")
     p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the tables go (default docs/benchmarks)")
     args = p.parse_args(argv)
