@@ -192,6 +192,9 @@ _HELP = {
     "max_queue_delay_us": "fixed wait for others to join a batch, in microseconds (0: the adaptive delay decides)",
     "adaptive_queue_delay_us": "longest a batch waits for company while calls keep arriving, in microseconds "
                                "(never at one call in flight; 0: off)",
+    "inline_batch_samples": "a lone call of up to this many samples (the inference thread idle, the previous "
+                            "batch one request) is decoded on the event loop, without two thread hand-offs "
+                            "(0: never; off with a fixed --max-queue-delay-us)",
     "max_queue_samples": "most samples queued per model version before RESOURCE_EXHAUSTED",
     "max_samples_per_request": "largest num_samples of GenerateSamples, Encode and Reconstruct",
     "max_samples_per_stream": "largest num_samples of StreamSamples",

@@ -17,6 +17,14 @@ How long a batch waits for company:
   never waits.
 - both 0: a batch is whatever queued while the previous one was decoding.
 
+A lone call is decoded on the event loop itself (`inline_batch_samples`, unless a fixed delay is set): when
+the inference thread is idle and the previous batch answered one request, a small request is not handed to
+the thread, which would cost two thread wake-ups (the thread's, then the loop's) on a call that has nobody
+to wait for. The decode is deferred to the end of the event loop's turn, so that requests which arrived
+together still merge; a batch that merged several sends the next ones back to the thread and its adaptive
+delay. The inference thread and the event loop never decode at once: the loop decodes only while the thread
+sleeps with nothing queued, and only the loop can queue.
+
 Cancelled requests and requests whose deadline passed are dropped before decoding.
 """
 
@@ -72,6 +80,11 @@ class Batcher:
         self.draw = draw  # for SeededRows sources
         self.name = name
         self._runner = BatchRunner(decoders, draw, config.max_batch_size)  # used by the inference thread only
+        # Lone small calls decoded on the event loop (module docstring); its own runner, its own buffer.
+        self._inline_samples = (min(config.inline_batch_samples, config.max_batch_size)
+                                if config.max_queue_delay_us == 0 else 0)
+        self._inline_runner = BatchRunner(decoders, draw, self._inline_samples) if self._inline_samples else None
+        self._inline_pending = False  # (event loop only) _run_inline is scheduled
         self.latent_dim = self._runner.latent_dim
         self.image_shape = self._runner.image_shape
         # Shared between the event loop (submit appends) and the inference thread (everything else): _lock.
@@ -87,6 +100,7 @@ class Batcher:
         # batch, by what was queued minus what left, not twice per request.
         self._unreported = 0
         self._wake_at = 1  # queued requests that wake the inference thread (it raises this while it waits)
+        self._idle = False  # the inference thread sleeps with nothing queued (until a submit wakes it)
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -133,9 +147,15 @@ class Batcher:
             queue.append(job)
             self._queued[dtype] += n
             self._queued_total = queued + n
+            if (self._idle and self._last_requests <= 1 and self._queued_total <= self._inline_samples
+                    and self._queued[dtype] == self._queued_total):
+                # A lone call (so far): decoded on the event loop at the end of this turn, not by the thread.
+                if not self._inline_pending:
+                    self._inline_pending = True
+                    loop.call_soon(self._run_inline)
             # Wake the thread only when it has something new to decide: no per-request wake-ups while it waits.
-            if self._sleeping and (len(queue) >= self._wake_at
-                                   or self._queued[dtype] >= self.config.max_batch_size):
+            elif self._sleeping and (len(queue) >= self._wake_at
+                                     or self._queued[dtype] >= self.config.max_batch_size):
                 self._sleeping = False
                 self._wakeup.put(None)
         self._unreported += n
@@ -168,8 +188,11 @@ class Batcher:
             if self._closing:
                 return None
             self._wake_at = 1
+            self._idle = True
             self._sleep(None)
-        if time.monotonic() - idle_since > self.config.adaptive_queue_delay_us / 1e6:
+            self._idle = False
+        # (The event loop may have answered lone calls itself meanwhile: the last answer counts, not the sleep.)
+        if time.monotonic() - max(idle_since, self._answered_at) > self.config.adaptive_queue_delay_us / 1e6:
             self._last_requests = 1  # the queue sat idle: calls are not arriving back to back
         dtype = min((q[0].enqueued, k) for k, q in self._queues.items() if q)[1]
         self._wait_for_company(dtype)
@@ -253,6 +276,29 @@ class Batcher:
                         job.assigned = job.n
 
     # ------------------------------------------------------------------------------- on the event loop
+
+    def _run_inline(self) -> None:
+        """(Scheduled by submit.) Decode what queued this turn here, if it is still small and the inference
+        thread still idle; otherwise hand it to the thread."""
+        self._inline_pending = False
+        with self._lock:
+            if not self._idle or self._closing or not self._queued_total:
+                return  # the thread is awake (a larger request, close) and takes what is queued
+            dtype = next(k for k, q in self._queues.items() if q)
+            if self._queued_total > self._inline_samples or self._queued[dtype] != self._queued_total:
+                self._sleeping = False
+                self._wakeup.put(None)
+                return
+            batch = self._take(dtype)
+        if batch.pieces:
+            started = time.perf_counter()
+            self._inline_runner.run(batch)
+            batch.seconds = time.perf_counter() - started
+        with self._lock:
+            # Only while the thread sleeps: it reads these when it wakes, under the lock.
+            self._last_requests = len(batch.pieces)
+            self._answered_at = time.monotonic()
+        self._finish(batch)
 
     def _finish(self, batch: Batch) -> None:
         """One callback per batch: metrics first, then every answer of the batch."""

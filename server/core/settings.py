@@ -48,6 +48,7 @@ class BatcherConfig:
     max_queue_delay_us: int = 0  # > 0: a fixed delay (the adaptive one is then off)
     max_queue_samples: int = 262144
     adaptive_queue_delay_us: int = 2000  # 0: off
+    inline_batch_samples: int = 32  # a lone call this small is decoded on the event loop; 0: never
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class CoreSettings:
     max_batch_size: int = 8192
     max_queue_delay_us: int = 0  # > 0: a fixed delay, like Triton's; 0: the adaptive delay below decides
     adaptive_queue_delay_us: int = 2000  # wait for company only while calls keep arriving, at most this long
+    inline_batch_samples: int = 32  # a lone call of up to this many samples is decoded on the event loop; 0: off
     max_queue_samples: int = 262144
     max_samples_per_request: int = 65536
     max_samples_per_stream: int = 4194304
@@ -106,7 +108,8 @@ class CoreSettings:
         check_choice("cudnn_conv_algo_search", self.cudnn_conv_algo_search, CUDNN_CONV_ALGO_SEARCHES)
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
                        "max_samples_per_stream")
-        check_at_least(self, 0, "max_queue_delay_us", "adaptive_queue_delay_us", "intra_op_threads",
+        check_at_least(self, 0, "max_queue_delay_us", "adaptive_queue_delay_us", "inline_batch_samples",
+                       "intra_op_threads",
                        "small_batch_samples", "spin_batch_samples", "gpu_mem_limit")
         check_seconds(self, "repository_poll_seconds")
         if self.max_queue_samples < self.max_samples_per_request:
@@ -130,7 +133,7 @@ class CoreSettings:
     @property
     def batching(self) -> BatcherConfig:
         return BatcherConfig(self.max_batch_size, self.max_queue_delay_us, self.max_queue_samples,
-                             self.adaptive_queue_delay_us)
+                             self.adaptive_queue_delay_us, self.inline_batch_samples)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -257,3 +258,43 @@ def test_large_batches_run_on_a_spinning_pool_with_the_same_bytes(model_reposito
             device="cpu", intra_op_threads=2, small_batch_samples=16, spin_batch_samples=spin)),
             m.latent_dim, tuple(m.image_shape), np.dtype("float32"), 128)
         assert runner.spin_graph is None and runner.session_for(128) is runner.graph
+
+
+class _Threads:
+    """A decoder that decodes with the real one and notes which thread each batch ran on."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.threads = decoder, []
+        self.latent_dim, self.image_shape, self.dtype = decoder.latent_dim, decoder.image_shape, decoder.dtype
+
+    def decode_into(self, latents, out, requests=1):
+        self.threads.append(threading.get_ident())
+        self.decoder.decode_into(latents, out, requests)
+
+
+def test_lone_small_calls_are_decoded_on_the_event_loop_and_merged_ones_by_the_thread(vae):
+    version, decoders = vae
+    loop_thread = threading.get_ident()
+
+    def run(body, **config):
+        spied = {k: _Threads(d) for k, d in decoders.items()}
+        result, recorder = _run(spied, body, **config)
+        return result, recorder, spied["uint8"].threads
+
+    async def calls(batcher):
+        lone = (await batcher.submit(3, _latents(version, 5, 3), "uint8")).images
+        together = await asyncio.gather(*(batcher.submit(1, _latents(version, s, 1), "uint8") for s in (6, 7, 8)))
+        after = (await batcher.submit(3, _latents(version, 5, 3), "uint8")).images  # the previous batch merged 3
+        large = await batcher.submit(40, _latents(version, 9, 40), "uint8")  # above the 32 of a lone small call
+        return lone, after, together, large
+
+    (lone, after, _, _), recorder, threads = run(calls, inline_batch_samples=32)
+    # Calls that arrive in the same turn of the event loop still merge, on the loop.
+    assert recorder.batches == [3, 3, 3, 40]
+    assert threads[:2] == [loop_thread, loop_thread]
+    assert threads[2] != loop_thread and threads[3] != loop_thread
+    assert lone.tobytes() == after.tobytes()  # the same bytes on the loop and on the thread
+    # Switched off, or with a fixed delay: every batch on the thread.
+    for config in ({"inline_batch_samples": 0}, {"inline_batch_samples": 32, "max_queue_delay_us": 1000}):
+        (off, _, _, _), _, threads = run(calls, **config)
+        assert loop_thread not in threads and off.tobytes() == lone.tobytes()
