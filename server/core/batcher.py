@@ -13,7 +13,7 @@ How long a batch waits for company:
 - else, the adaptive delay (`adaptive_queue_delay_us`, the default): a batch waits only while calls keep
   arriving, i.e. after a batch that merged several requests: until as many requests as it answered have
   arrived since (their callers are likely to come back next), or a batch is full, at most the delay after
-  its oldest request. One call in flight (a batch of one before, or a queue idle for longer than the delay)
+  its oldest request; never once 1024 samples are queued (ADAPTIVE_WAIT_BELOW_SAMPLES). One call in flight (a batch of one before, or a queue idle for longer than the delay)
   never waits.
 - both 0: a batch is whatever queued while the previous one was decoding.
 
@@ -50,6 +50,12 @@ from server.core.batches import (
 )
 from server.core.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
 from server.core.settings import BatcherConfig
+
+
+# The adaptive delay waits only for a batch smaller than this: one of 1024 samples or more takes milliseconds to
+# decode on a CPU against ~0.1 ms of fixed cost per batch, so waiting for more only leaves the decoder idle
+# (N = 1024, 4 calls in flight: 111 k samples/s with the wait, 158 k with batching off).
+ADAPTIVE_WAIT_BELOW_SAMPLES = 1024
 
 
 class BatchObserver(Protocol):
@@ -208,7 +214,8 @@ class Batcher:
             # next. Wait for them, on top of what queued before they were answered (requests queued since
             # may be those callers already), unless that batch answered a lone call.
             delay = self.config.adaptive_queue_delay_us / 1e6
-            if delay <= 0 or self._last_requests <= 1 or self._queued[dtype] >= full:
+            if (delay <= 0 or self._last_requests <= 1 or self._queued[dtype] >= full
+                    or self._queued[dtype] >= ADAPTIVE_WAIT_BELOW_SAMPLES):
                 return
             earlier = sum(1 for _ in itertools.takewhile(lambda job: job.enqueued < self._answered_at, queue))
             wanted = earlier + self._last_requests
