@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> Path:
                 shutil.rmtree(tree, ignore_errors=True)
     body = (f"One process, no gRPC: {args.rounds} windows of {args.seconds:g} s per run after a warm-up, "
             f"{args.alternations} runs per tree, the trees taking turns; the median and the least CPU per call "
-            f"over all windows. The decode runs on the batcher's inference thread as in the server; its CPU is "
-            f"counted (process time). Model `{model.name}`, one sample per call, server-drawn seeds (aegen.v1) "
+            f"over all windows. The decode runs where the server runs it (the batcher's inference thread, or the "
+            f"event loop for a lone small call); its CPU is counted (process time). Model `{model.name}`, one sample per call, server-drawn seeds (aegen.v1) "
             f"or one given seed (OIP), uint8 images.\n\n"
             + markdown_table(["path", "calls at once", "server code", "CPU µs per call (median)", "least",
                               "calls/s (median)"], rows))
