@@ -74,6 +74,22 @@ def _git_commit() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def checkout(commit: str, prefix: str = "aegen-commit-") -> Iterator[Path]:
+    """The tree of `commit` (git archive) in a temporary folder, removed on leaving the block: an older
+    version of the code to measure beside the work tree's."""
+    tree = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        try:
+            archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+        except subprocess.CalledProcessError as exc:
+            raise BenchError(f"git archive {commit} failed: {exc.stderr.decode(errors='replace').strip()}") from None
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        yield tree
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 def machine_details() -> dict[str, str]:
     import numpy
     import onnxruntime

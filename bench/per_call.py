@@ -14,12 +14,11 @@ a few percent. That makes this the benchmark to compare two versions of the serv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from bench.common import (
@@ -29,6 +28,7 @@ from bench.common import (
     BenchError,
     add_model_arguments,
     bench_model,
+    checkout,
     fmt,
     machine_details,
     markdown_table,
@@ -132,24 +132,13 @@ def _measure(tree: Path, model, path: str, tasks: int, args: argparse.Namespace)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _checkout(commit: str) -> Path:
-    tree = Path(tempfile.mkdtemp(prefix="aegen-per-call-"))
-    try:
-        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
-    except subprocess.CalledProcessError as exc:
-        shutil.rmtree(tree, ignore_errors=True)
-        raise BenchError(f"git archive {commit} failed: {exc.stderr.decode(errors='replace').strip()}") from None
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 def run(args: argparse.Namespace) -> Path:
     details = machine_details()
     model = bench_model(args.repository, args.model, args.checkpoint)
-    trees = {"work tree": ROOT}
-    if args.compare:
-        trees = {args.compare: _checkout(args.compare), **trees}
-    try:
+    with contextlib.ExitStack() as stack:
+        trees = {"work tree": ROOT}
+        if args.compare:
+            trees = {args.compare: stack.enter_context(checkout(args.compare, "aegen-per-call-")), **trees}
         rows = []
         for path in PATHS:
             for tasks in args.tasks:
@@ -161,10 +150,6 @@ def run(args: argparse.Namespace) -> Path:
                     cpu = [w["cpu_us"] for w in windows]
                     rows.append([path, tasks, name, fmt(statistics.median(cpu), 1), fmt(min(cpu), 1),
                                  fmt(statistics.median(w["calls_per_s"] for w in windows))])
-    finally:
-        for name, tree in trees.items():
-            if tree != ROOT:
-                shutil.rmtree(tree, ignore_errors=True)
     body = (f"One process, no gRPC: {args.rounds} windows of {args.seconds:g} s per run after a warm-up, "
             f"{args.alternations} runs per tree, the trees taking turns; the median and the least CPU per call "
             f"over all windows. The decode runs where the server runs it (the batcher's inference thread, or the "

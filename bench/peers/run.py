@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from bench.common import (
     PYTHON,
-    ROOT,
-    BenchError,
     _process,
     bench_model,
+    checkout,
     load,
     load_parser,
     machine_details,
@@ -109,10 +105,7 @@ def _aegen_before(served, model: str, n: int, in_flight: int, args: argparse.Nam
 @contextlib.contextmanager
 def serve_old_aegen(commit: str, repository: Path, extra: list[str]):
     """aegen as of `commit` (git archive into a temporary tree), run with that tree first on sys.path."""
-    tree = Path(tempfile.mkdtemp(prefix="aegen-before-"))
-    try:
-        archive = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    with checkout(commit, "aegen-before-") as tree:
         port, metrics_port = free_port(), free_port()
         launcher = f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); runpy.run_module('server', run_name='__main__')"
         argv = [PYTHON, "-c", launcher, "--repository", str(repository), "--host", "127.0.0.1", "--port", str(port),
@@ -121,10 +114,6 @@ def serve_old_aegen(commit: str, repository: Path, extra: list[str]):
         with _process(argv, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", None, health=True,
                       timeout=120) as served:
             yield served
-    except subprocess.CalledProcessError as exc:
-        raise BenchError(f"git archive {commit} failed: {exc.stderr!r}") from None
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace, model, aegen, mlservers: dict, before=None, echo=None) -> list[Cell]:
