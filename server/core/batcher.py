@@ -13,8 +13,8 @@ How long a batch waits for company:
 - else, the adaptive delay (`adaptive_queue_delay_us`, the default): a batch waits only while calls keep
   arriving, i.e. after a batch that merged several requests: until as many requests as it answered have
   arrived since (their callers are likely to come back next), or a batch is full, at most the delay after
-  its oldest request; never once 1024 samples are queued (ADAPTIVE_WAIT_BELOW_SAMPLES). One call in flight (a batch of one before, or a queue idle for longer than the delay)
-  never waits.
+  its oldest request; never once 1024 samples are queued (ADAPTIVE_WAIT_BELOW_SAMPLES). One call in flight
+  (a batch of one before, or a queue idle for longer than the delay) never waits.
 - both 0: a batch is whatever queued while the previous one was decoding.
 
 A lone call is decoded on the event loop itself (`inline_batch_samples`, unless a fixed delay is set): when
@@ -50,7 +50,6 @@ from server.core.batches import (
 )
 from server.core.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShuttingDown
 from server.core.settings import BatcherConfig
-
 
 # The adaptive delay waits only for a batch smaller than this: one of 1024 samples or more takes milliseconds to
 # decode on a CPU against ~0.1 ms of fixed cost per batch, so waiting for more only leaves the decoder idle
@@ -285,18 +284,14 @@ class Batcher:
     # ------------------------------------------------------------------------------- on the event loop
 
     def _run_inline(self) -> None:
-        """(Scheduled by submit.) Decode what queued this turn here, if it is still small and the inference
-        thread still idle; otherwise hand it to the thread."""
+        """(Scheduled by submit.) Decode what queued this turn here, unless a later submit of the turn woke
+        the inference thread (a larger request, another dtype) or close did: the thread then takes it all.
+        Every submit that did not wake it kept the queue a small lone call of one dtype."""
         self._inline_pending = False
         with self._lock:
-            if not self._idle or self._closing or not self._queued_total:
-                return  # the thread is awake (a larger request, close) and takes what is queued
-            dtype = next(k for k, q in self._queues.items() if q)
-            if self._queued_total > self._inline_samples or self._queued[dtype] != self._queued_total:
-                self._sleeping = False
-                self._wakeup.put(None)
+            if not (self._idle and self._sleeping) or self._closing:
                 return
-            batch = self._take(dtype)
+            batch = self._take(next(k for k, q in self._queues.items() if q))
         if batch.pieces:
             started = time.perf_counter()
             self._inline_runner.run(batch)
