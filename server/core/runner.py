@@ -158,7 +158,6 @@ class DecoderRunner:
         self.buckets = batch_buckets(max_batch_size)
         self.input_name = self.graph.input_names[0]
         self.output_name = self.graph.output_names[0]
-        self._output_names = [self.output_name]
         self._cuda_graphs = device.cuda_graphs and self.graph.device == "cuda"
         self._graph_buffers: dict[int, tuple[ort.OrtValue, ort.OrtValue, ort.RunOptions]] = {}
         self._cudart: CudaRuntime | None = None  # set by warm_up when its single copy checks out
@@ -234,7 +233,7 @@ class DecoderRunner:
         if graph is self.small_graph:
             # A few rows: onnxruntime's own output and a copy of it cost ~12 µs less than an IO binding (CPU,
             # 1 … 32 rows); large batches bind `out` and save the copy.
-            out[...] = graph.session.run(self._output_names, {self.input_name: latents})[0]
+            out[...] = graph.run({self.input_name: latents})[self.output_name]
             return
         session = graph.session
         binding = session.io_binding()

@@ -109,8 +109,7 @@ class CoreSettings:
         check_at_least(self, 1, "max_batch_size", "max_queue_samples", "max_samples_per_request",
                        "max_samples_per_stream")
         check_at_least(self, 0, "max_queue_delay_us", "adaptive_queue_delay_us", "inline_batch_samples",
-                       "intra_op_threads",
-                       "small_batch_samples", "spin_batch_samples", "gpu_mem_limit")
+                       "intra_op_threads", "small_batch_samples", "spin_batch_samples", "gpu_mem_limit")
         check_seconds(self, "repository_poll_seconds")
         if self.max_queue_samples < self.max_samples_per_request:
             raise ConfigError(f"--max-queue-samples ({self.max_queue_samples}) must be at least "
