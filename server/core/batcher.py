@@ -61,13 +61,13 @@ class BatchObserver(Protocol):
     """Metrics hooks; called on the event loop."""
 
     def queue_depth_changed(self, delta_samples: int) -> None: ...
-    def queue_waited(self, seconds: float) -> None: ...
+    def queue_waited(self, seconds: list[float]) -> None: ...  # one batch's new requests, in one call
     def batch_decoded(self, samples: int, seconds: float) -> None: ...
 
 
 class _NullObserver:
     def queue_depth_changed(self, delta_samples: int) -> None: ...
-    def queue_waited(self, seconds: float) -> None: ...
+    def queue_waited(self, seconds: list[float]) -> None: ...
     def batch_decoded(self, samples: int, seconds: float) -> None: ...
 
 
@@ -308,8 +308,8 @@ class Batcher:
         delta, self._unreported = self._unreported - batch.dequeued, 0
         if delta:
             observer.queue_depth_changed(delta)
-        for seconds in batch.waits:
-            observer.queue_waited(seconds)
+        if batch.waits:
+            observer.queue_waited(batch.waits)
         if batch.pieces:
             observer.batch_decoded(batch.samples, batch.seconds)
         for job in batch.expired:

@@ -61,8 +61,9 @@ class VersionStats:
     def queue_depth_changed(self, delta_samples: int) -> None:
         pass
 
-    def queue_waited(self, seconds: float) -> None:
-        self.queue.add(int(seconds * 1e9))
+    def queue_waited(self, seconds: list[float]) -> None:
+        self.queue.count += len(seconds)
+        self.queue.ns += sum(int(s * 1e9) for s in seconds)
 
     def batch_decoded(self, samples: int, seconds: float) -> None:
         self.compute.add(int(seconds * 1e9))
@@ -80,7 +81,7 @@ class BothObservers:
         self._first.queue_depth_changed(delta_samples)
         self._second.queue_depth_changed(delta_samples)
 
-    def queue_waited(self, seconds: float) -> None:
+    def queue_waited(self, seconds: list[float]) -> None:
         self._first.queue_waited(seconds)
         self._second.queue_waited(seconds)
 

@@ -160,8 +160,10 @@ class BatchMetrics:
     def queue_depth_changed(self, delta_samples: int) -> None:
         self._queue_depth.inc(delta_samples)
 
-    def queue_waited(self, seconds: float) -> None:
-        self._queue_wait.observe(seconds)
+    def queue_waited(self, seconds: list[float]) -> None:
+        observe = self._queue_wait.observe
+        for wait in seconds:
+            observe(wait)
 
     def batch_decoded(self, samples: int, seconds: float) -> None:
         self._batch_size.observe(samples)

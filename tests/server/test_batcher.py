@@ -28,7 +28,7 @@ class Recorder:
     def queue_depth_changed(self, delta_samples: int) -> None:
         self.depth += delta_samples
 
-    def queue_waited(self, seconds: float) -> None:
+    def queue_waited(self, seconds: list[float]) -> None:
         pass
 
     def batch_decoded(self, samples: int, seconds: float) -> None:
