@@ -72,15 +72,13 @@ def append_bytes_fields(message: type[Message], parts: list[bytes], payloads: di
     return b"".join(parts)
 
 
-def with_repeated_bytes(head: Message, name: str, payloads: list[np.ndarray | bytes]) -> bytes:
-    """`head` serialized, then each payload as one more element of its repeated bytes field `name`.
+def append_repeated_bytes(message: type[Message], parts: list[bytes], name: str,
+                          payloads: list[np.ndarray | bytes]) -> bytes:
+    """`parts` (serialized records of `message`, none of them field `name`'s) joined with each payload as one
+    more element of its repeated bytes field `name`, each copied once.
 
-    For the Open Inference Protocol's raw_output_contents: element i is output i's raw bytes, in order, so
-    `head` must leave the field empty. Each payload is copied once."""
-    if len(getattr(head, name)):
-        raise ValueError(f"{head.DESCRIPTOR.full_name}.{name} is set in the head and given as payloads")
-    tag = bytes_field_tag(type(head), name, repeated=True)
-    parts = [head.SerializeToString()]
+    For the Open Inference Protocol's raw_output_contents: element i is output i's raw bytes, in order."""
+    tag = bytes_field_tag(message, name, repeated=True)
     for payload in payloads:
         view = memoryview(payload)
         parts += (tag, encode_varint(view.nbytes), view.cast("B"))  # an empty element is still an element

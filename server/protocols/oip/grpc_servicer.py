@@ -9,6 +9,7 @@ shared memory, trace and log settings) answer UNIMPLEMENTED with a message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -31,7 +32,7 @@ from server.protocols.grpc_calls import (
 )
 from server.protocols.oip.models import InferResult, OipModels
 from server.protocols.oip.tensors import datatype_of, decode_grpc_inputs
-from server.protocols.wire import encode_varint, serialize_response, with_repeated_bytes
+from server.protocols.wire import append_repeated_bytes, encode_varint, serialize_response
 
 log = logging.getLogger("aegen.server.oip")
 
@@ -152,13 +153,23 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def _infer_reply(request: pb.ModelInferRequest, result: InferResult) -> bytes:
-    head = pb.ModelInferResponse(model_name=request.model_name, model_version=str(result.view.model.version),
-                                 id=request.id)
-    arrays = []
-    for name, array in result.outputs:
-        head.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        arrays.append(np.ascontiguousarray(array))
-    return with_repeated_bytes(head, "raw_output_contents", arrays)
+    """The reply's wire bytes: the records every answer of this model and these outputs' shapes shares
+    (serialized once, cached), the request's id, then each output's raw contents."""
+    outputs = result.outputs
+    parts = [_reply_head(request.model_name, result.view.model.version,
+                         tuple((name, datatype_of(array.dtype), array.shape) for name, array in outputs))]
+    if request.id:
+        parts.append(pb.ModelInferResponse(id=request.id).SerializeToString())
+    return append_repeated_bytes(pb.ModelInferResponse, parts, "raw_output_contents",
+                                 [np.ascontiguousarray(array) for _, array in outputs])
+
+
+@functools.lru_cache(maxsize=256)
+def _reply_head(model_name: str, version: int, outputs: tuple[tuple[str, str, tuple[int, ...]], ...]) -> bytes:
+    head = pb.ModelInferResponse(model_name=model_name, model_version=str(version))
+    for name, datatype, shape in outputs:
+        head.outputs.add(name=name, datatype=datatype, shape=shape)
+    return head.SerializeToString()
 
 
 def _stream_reply(infer_reply: bytes) -> bytes:

@@ -50,6 +50,7 @@ SEED, TEMPERATURE, IMAGES, IMAGES_FP32, LATENTS, LOG_VARIANCE = (
     "SEED", "TEMPERATURE", "IMAGES", "IMAGES_FP32", "LATENTS", "LOG_VARIANCE")
 DEFAULT_OUTPUTS = {GENERATOR: (IMAGES,), DECODER: (IMAGES,), ENCODER: None}  # None: every output
 IMAGE_OUTPUTS = ((IMAGES, "uint8"), (IMAGES_FP32, "float32"))  # output → the decoder dtype that makes it
+_MAX_VIEWS = 1024
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,20 @@ class View:
         return self._specs[2]
 
     @property
-    def _specs(self) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...]]:
+    def input_specs(self) -> dict[str, Tensor]:
+        """The inputs by name."""
+        return self._specs[3]
+
+    @functools.cached_property  # (a frozen dataclass still has its __dict__, where this caches)
+    def _specs(self) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...], dict[str, Tensor]]:
         return _tensors(self.role, self.model.kind, tuple(self.model.manifest.image_shape), self.model.latent_dim)
 
 
 @functools.lru_cache(maxsize=256)
 def _tensors(role: str, kind: str, image: tuple[int, ...], latent_dim: int
-             ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...]]:
-    """A view's inputs, outputs and output names; built once per kind of model, not per request."""
+             ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[str, ...], dict[str, Tensor]]:
+    """A view's inputs, outputs, output names and inputs by name; built once per kind of model, not per
+    request. (The dict is shared: read it, never change it.)"""
     d = (latent_dim,)
     if role == GENERATOR:
         inputs = Tensor(SEED, "UINT64", (1,)), Tensor(TEMPERATURE, "FP32", (1,), optional=True)
@@ -106,7 +113,7 @@ def _tensors(role: str, kind: str, image: tuple[int, ...], latent_dim: int
         outputs = (Tensor(IMAGES, "UINT8", image), Tensor(IMAGES_FP32, "FP32", image))
         if role == GENERATOR:
             outputs = (*outputs, Tensor(LATENTS, "FP32", d))
-    return inputs, outputs, tuple(t.name for t in outputs)
+    return inputs, outputs, tuple(t.name for t in outputs), {t.name: t for t in inputs}
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,9 @@ class OipModels:
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        # (OIP name, role) → its View of the version last resolved: reused while that version is the one
+        # resolved, so that its tensors are looked up once, not on every request. Only loaded models get in.
+        self._views: dict[tuple[str, str], View] = {}
 
     # ------------------------------------------------------------------------------------ naming
 
@@ -135,7 +145,14 @@ class OipModels:
 
     def view(self, name: str, version: str = "") -> View:
         base, role = self._split(name)
-        return View(name, role, self.plane.model(base, parse_version(version)))
+        info = self.plane.model(base, parse_version(version))
+        view = self._views.get((name, role))
+        if view is None or view.model is not info:
+            view = View(name, role, info)
+            if len(self._views) >= _MAX_VIEWS:  # versions come and go: start again rather than grow
+                self._views.clear()
+            self._views[name, role] = view
+        return view
 
     def label(self, name: str) -> str:
         """The aegen model behind an OIP name if it is loaded, else "" (a bounded metrics label)."""
@@ -307,12 +324,11 @@ def _wanted(view: View, outputs: Sequence[str] | None) -> list[str]:
 
 
 def _check_inputs(view: View, inputs: Mapping[str, np.ndarray]) -> None:
-    declared = view.inputs
+    declared = view.input_specs
     for name in inputs:
-        if not any(spec.name == name for spec in declared):
-            raise InvalidRequest(f"model {view.name} has no input {name!r}; "
-                                 f"inputs: {', '.join(spec.name for spec in declared)}")
-    for spec in declared:
+        if name not in declared:
+            raise InvalidRequest(f"model {view.name} has no input {name!r}; inputs: {', '.join(declared)}")
+    for spec in declared.values():
         array = inputs.get(spec.name)
         if array is None:
             if spec.optional:

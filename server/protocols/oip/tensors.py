@@ -71,6 +71,8 @@ def numpy_dtype(name: str, datatype: str) -> np.dtype:
 
 def datatype_of(dtype: np.dtype | type) -> str:
     """The protocol datatype string of a numpy dtype (either byte order); ValueError if it has none."""
+    if type(dtype) is not type and (name := _BY_DTYPE.get(dtype)) is not None:  # a native dtype: one lookup
+        return name
     dtype = np.dtype(dtype)
     try:
         return _BY_DTYPE[dtype.newbyteorder("=")]
@@ -121,7 +123,7 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], *, raw: bytes 
     A raw tensor comes back as a read-only view of `raw`, without a copy."""
     dtype = numpy_dtype(name, datatype)
     count = element_count(name, shape)
-    shape = tuple(int(d) for d in shape)
+    shape = tuple(map(int, shape))
     if raw is not None and contents is not None:
         raise InvalidRequest(f"tensor {name!r}: has both raw data and typed contents; send one")
     if raw is not None:
